@@ -1,0 +1,99 @@
+"""Shared test factories: a tiny random BERT saved as a local encoder folder, and tiny corpora.
+
+Everything here is built on the fly, seeded, and needs no network.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+# Words of the tiny corpora. Chemicals and diseases are split into several word pieces by the
+# vocabulary below, so first-subword gathering is exercised.
+CHEMICALS = ["aspirin", "cocaine", "lithium", "heparin", "nicotine"]
+DISEASES = ["fever", "hypotension", "seizure", "anemia", "nausea"]
+FILLER = ["the", "patient", "was", "given", "and", "developed", "after", "with", "a", "of", "."]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def tiny_vocab() -> list[str]:
+    """Whole filler words, plus letters and '##'-letters so that entity names split into pieces."""
+    letters = sorted(set("".join(CHEMICALS + DISEASES)))
+    return SPECIAL + FILLER + letters + ["##" + c for c in letters]
+
+
+def make_tiny_bert(seed: int = 0, vocab_size: int | None = None, max_positions: int = 64) -> BertModel:
+    """A 2-layer, hidden-32 BERT with random weights (dropout off unless a test turns it on)."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size or len(tiny_vocab()),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=max_positions,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertModel(config, add_pooling_layer=False)
+
+
+def save_tiny_encoder(folder: Path, seed: int = 0, max_length: int = 64) -> Path:
+    """Write a tiny BERT and its fast WordPiece tokenizer as a local `model:` folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {piece: i for i, piece in enumerate(tiny_vocab())}
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=max_length)
+    tokenizer.save_pretrained(folder)
+    make_tiny_bert(seed, max_positions=max_length).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def make_sentences(n: int, seed: int, min_words: int = 3, max_words: int = 12):
+    """`n` random (tokens, tags) sentences mixing filler words with Chemical/Disease mentions."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        tokens, tags = [], []
+        while len(tokens) < rng.randint(min_words, max_words):
+            roll = rng.random()
+            if roll < 0.2:
+                kind, words = "Chemical", CHEMICALS
+            elif roll < 0.4:
+                kind, words = "Disease", DISEASES
+            else:
+                tokens.append(rng.choice(FILLER))
+                tags.append("O")
+                continue
+            length = rng.choice([1, 1, 2])
+            tokens += [rng.choice(words) for _ in range(length)]
+            tags += [f"B-{kind}"] + [f"I-{kind}"] * (length - 1)
+        sentences.append((tokens, tags))
+    return sentences
+
+
+def write_iob(path: Path, sentences) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blocks = ["\n".join(f"{t}\t{g}" for t, g in zip(tokens, tags)) for tokens, tags in sentences]
+    path.write_text("\n\n".join(blocks) + "\n")
+    return path
+
+
+def write_corpus(folder: Path, sizes=(40, 12, 12), seed: int = 0) -> Path:
+    """A corpus folder with train/devel/test.tsv of the given sentence counts."""
+    for offset, (split, n) in enumerate(zip(("train", "devel", "test"), sizes)):
+        write_iob(folder / f"{split}.tsv", make_sentences(n, seed=seed * 10 + offset))
+    return folder
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    return write_corpus(tmp_path / "corpus")
