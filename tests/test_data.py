@@ -1,0 +1,233 @@
+"""data.py: the IOB reader's errors, corpus lookup, labels, windows and batches."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import make_sentences, write_corpus, write_iob
+from transformers import AutoTokenizer
+
+import data
+
+# ------------------------------------------------------------------ reading
+
+
+def test_reader_accepts_tabs_spaces_and_middle_columns(tmp_path):
+    path = tmp_path / "a.tsv"
+    path.write_text("Aspirin\tB-Chemical\ncauses NN O\n\n\nfever x y B-Disease\n")
+    sentences = data.read_iob(path)
+    assert [s.tokens for s in sentences] == [["Aspirin", "causes"], ["fever"]]
+    assert [s.tags for s in sentences] == [["B-Chemical", "O"], ["B-Disease"]]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("a\tO\nb\n", 2, "found 1 column"),
+    ("a\tO\n\tO\n", 2, "empty token"),
+    ("a\tO\nb\tX-Chem\n", 2, "is not O, B-<type> or I-<type>"),
+    ("a\tO\n\nb\tB-\n", 3, "is not O, B-<type> or I-<type>"),
+])
+def test_reader_errors_name_file_and_line(tmp_path, text, line, words):
+    path = tmp_path / "bad.tsv"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        data.read_iob(path)
+    assert f"{path}:{line}:" in str(error.value) and words in str(error.value)
+
+
+def test_reader_rejects_empty_token_and_empty_split(tmp_path):
+    path = tmp_path / "x.tsv"
+    path.write_text("a\tO\n \tO\n")  # a blank token before the tab
+    with pytest.raises(ValueError, match=rf"{path}:2: empty token"):
+        data.read_iob(path)
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match="no sentences"):
+        data.read_iob(path)
+
+
+def test_labels_are_o_first_then_sorted_types():
+    train = [data.Sentence(["a", "b"], ["B-Zeta", "O"]), data.Sentence(["c"], ["I-Alpha"])]
+    assert data.build_labels(train) == ["O", "B-Alpha", "I-Alpha", "B-Zeta", "I-Zeta"]
+
+
+def test_unseen_tag_in_test_is_an_error_unless_allowed(tmp_path):
+    folder = write_corpus(tmp_path / "c", sizes=(10, 4, 4))
+    write_iob(folder / "test.tsv", [(["x", "y"], ["B-Gene", "O"])])
+    with pytest.raises(ValueError, match="test.tsv.*B-Gene.*allow_unseen_tags"):
+        data.load_corpus(str(folder))
+    corpus = data.load_corpus(str(folder), allow_unseen_tags=True)
+    assert corpus.test[0].tags == ["B-Gene", "O"]
+
+
+def test_limits_keep_first_sentences(tmp_path):
+    folder = write_corpus(tmp_path / "c", sizes=(30, 10, 10))
+    corpus = data.load_corpus(str(folder), train_limit=7, eval_limit=3)
+    assert (len(corpus.train), len(corpus.devel), len(corpus.test)) == (7, 3, 3)
+    assert corpus.train == data.read_iob(folder / "train.tsv")[:7]
+
+
+# ------------------------------------------------------------------ finding corpora
+
+
+def test_corpus_found_by_name_in_config_dir_or_env(tmp_path, monkeypatch):
+    write_corpus(tmp_path / "mine")
+    assert data.find_corpus("mine", str(tmp_path))["train"] == tmp_path / "mine" / "train.tsv"
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
+    assert data.find_corpus("mine", None)["devel"] == tmp_path / "mine" / "devel.tsv"
+    assert data.find_corpus(str(tmp_path / "mine"), None)["test"].name == "test.tsv"
+
+
+def test_missing_split_and_missing_folder_are_named(tmp_path):
+    folder = write_corpus(tmp_path / "c")
+    (folder / "devel.tsv").unlink()
+    with pytest.raises(FileNotFoundError, match="devel.tsv"):
+        data.find_corpus(str(folder), None)
+    with pytest.raises(FileNotFoundError, match="no folder .*nope"):
+        data.find_corpus("nope", str(tmp_path))
+
+
+def test_offline_without_data_dir_says_what_to_provide(monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+
+    class Offline:
+        def __init__(self, **_):
+            pass
+
+        def download(self, urls):
+            raise ConnectionError("no network")
+
+    import datasets
+    monkeypatch.setattr(datasets, "DownloadManager", Offline)
+    with pytest.raises(FileNotFoundError) as error:
+        data.find_corpus("bc5cdr", None)
+    assert "NER_DATA_DIR" in str(error.value) and "bc5cdr/" in str(error.value)
+    with pytest.raises(FileNotFoundError, match="neither a folder nor a known corpus"):
+        data.find_corpus("my_corpus", None)
+
+
+def test_download_asks_for_the_public_files(monkeypatch, tmp_path):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    asked = {}
+
+    class Recorder:
+        def __init__(self, **_):
+            pass
+
+        def download(self, urls):
+            asked.update(urls)
+            return {s: str(tmp_path / f"{s}.tsv") for s in urls}
+
+    import datasets
+    monkeypatch.setattr(datasets, "DownloadManager", Recorder)
+    paths = data.find_corpus("ncbi_disease", None)
+    assert set(paths) == set(data.SPLITS)
+    assert asked["devel"].endswith("/data/NCBI-disease-IOB/devel.tsv")
+
+
+# ------------------------------------------------------------------ tokenising and windows
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_encoder):
+    return AutoTokenizer.from_pretrained(tiny_encoder)
+
+
+LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
+
+
+def test_pieces_equal_tokenising_each_sentence_whole(tokenizer):
+    sentences = [data.Sentence(t, g) for t, g in make_sentences(20, seed=3)]
+    tokenized = data.tokenize_sentences(sentences, tokenizer, LABELS)
+    for sentence, result in zip(sentences, tokenized):
+        whole = tokenizer(sentence.tokens, is_split_into_words=True, add_special_tokens=False)
+        assert [p for word in result.pieces for p in word] == whole["input_ids"]
+        assert result.tag_ids == [LABELS.index(t) for t in sentence.tags]
+
+
+def test_word_without_pieces_becomes_unk(tokenizer):
+    [result] = data.tokenize_sentences([data.Sentence(["the", "\u200b", "."], ["O"] * 3)],
+                                       tokenizer, LABELS)
+    assert result.pieces[1] == [tokenizer.unk_token_id]
+
+
+@pytest.mark.parametrize("max_length", [8, 12, 20, 64])
+def test_windows_cover_every_word_once_in_order(tokenizer, max_length):
+    sentences = [data.Sentence(t, g) for t, g in make_sentences(30, seed=1, max_words=30)]
+    tokenized = data.tokenize_sentences(sentences, tokenizer, LABELS)
+    windows = data.make_windows(tokenized, max_length, tokenizer.cls_token_id,
+                                tokenizer.sep_token_id)
+    covered = {i: [] for i in range(len(sentences))}
+    for w in windows:
+        assert len(w.input_ids) <= max_length
+        assert w.input_ids[0] == tokenizer.cls_token_id and w.input_ids[-1] == tokenizer.sep_token_id
+        for k, start in enumerate(w.word_starts):
+            word = w.first_word + k
+            covered[w.sentence].append(word)
+            assert w.input_ids[start] == tokenized[w.sentence].pieces[word][0]
+            assert w.tag_ids[k] == tokenized[w.sentence].tag_ids[word]
+    for i, sentence in enumerate(sentences):
+        assert covered[i] == list(range(len(sentence.tokens)))  # no gold word dropped
+    if max_length < 20:
+        assert len(windows) > len(sentences)  # long sentences really were split
+
+
+def test_window_predictions_merge_back_to_sentences(tokenizer):
+    sentences = [data.Sentence(t, g) for t, g in make_sentences(10, seed=2, max_words=25)]
+    windows = data.make_windows(data.tokenize_sentences(sentences, tokenizer, LABELS), 10,
+                                tokenizer.cls_token_id, tokenizer.sep_token_id)
+    merged = data.merge_window_predictions(windows, [w.tag_ids for w in windows],
+                                           [len(s.tokens) for s in sentences])
+    assert merged == [[LABELS.index(t) for t in s.tags] for s in sentences]
+
+
+# ------------------------------------------------------------------ batches
+
+
+@pytest.mark.parametrize("n, batch_size", [(1, 4), (37, 4), (500, 32), (64, 64)])
+def test_length_grouped_batches_hold_every_index_once(n, batch_size):
+    lengths = [random.Random(i).randint(3, 120) for i in range(n)]
+    batches = data.length_grouped_batches(lengths, batch_size, seed=0, chunk_batches=3)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(n))
+    assert all(1 <= len(b) <= batch_size for b in batches)
+    assert batches == data.length_grouped_batches(lengths, batch_size, seed=0, chunk_batches=3)
+
+
+def test_length_grouping_reduces_padding_and_seed_changes_order():
+    lengths = [random.Random(i).randint(3, 120) for i in range(2000)]
+    grouped = data.length_grouped_batches(lengths, 32, seed=0)
+    shuffled = list(range(2000))
+    random.Random(0).shuffle(shuffled)
+    plain = [shuffled[i:i + 32] for i in range(0, 2000, 32)]
+
+    def waste(batches):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b)
+                   for b in batches)
+
+    assert waste(grouped) < 0.3 * waste(plain)
+    assert grouped != data.length_grouped_batches(lengths, 32, seed=1)
+
+
+def test_collate_pads_to_multiples_of_16_with_masks(tokenizer):
+    sentences = [data.Sentence(t, g) for t, g in make_sentences(5, seed=4)]
+    windows = data.make_windows(data.tokenize_sentences(sentences, tokenizer, LABELS), 64,
+                                tokenizer.cls_token_id, tokenizer.sep_token_id)
+    batch = data.collate(windows, tokenizer.pad_token_id, max_length=64)
+    B, T = batch["input_ids"].shape
+    W = batch["word_index"].shape[1]
+    assert B == len(windows) and T % 16 == 0 and W % 16 == 0 and T <= 64
+    assert batch["attention_mask"].sum().item() == sum(len(w.input_ids) for w in windows)
+    assert batch["word_mask"].sum().item() == sum(len(w.word_starts) for w in windows)
+    assert (batch["tags"][~batch["word_mask"]] == data.PAD_TAG).all()
+    for b, w in enumerate(windows):  # each word mask row is contiguous from the left
+        row = batch["word_mask"][b]
+        assert row[:len(w.word_starts)].all() and not row[len(w.word_starts):].any()
+        assert torch.equal(batch["input_ids"][b, batch["word_index"][b, :len(w.word_starts)]],
+                           torch.tensor([w.input_ids[s] for s in w.word_starts]))
+
+
+def test_padding_fraction_counts_pad_positions(tokenizer):
+    windows = [data.Window([1] * n, [1], [0], 0, 0) for n in (16, 8, 32)]
+    # batch 1: 16 and 8 → 2 x 16 = 32 slots, 24 real; batch 2: 32 → 32 slots, all real
+    assert data.padding_fraction(windows, [[0, 1], [2]], max_length=128) == pytest.approx(8 / 64)

