@@ -40,6 +40,12 @@ import data
 
 
 @dataclass
+class AugConfig:
+    p: float = 0.3  # chance that each mention is swapped for another of its type
+    copies: int = 1  # swapped variants added per training sentence; 0: swap in place
+
+
+@dataclass
 class Config:
     name: str = "run"  # experiment name: outputs go to <output_dir>/<name>/seed<seed>/
     method: str = "full"  # full: train every encoder weight
@@ -68,6 +74,7 @@ class Config:
     output_dir: str = "outputs"
     log_every: int = 50  # steps between loss lines in the training log
     save_weights: bool = True  # write the trained weights (what the method trains) per run
+    aug: AugConfig | None = None  # entity-swap augmentation of the training split, per epoch
 
 
 class ConfigError(ValueError):
@@ -138,6 +145,8 @@ def make_config(values: dict, source: str = "config") -> Config:
     for key in ("epochs", "batch_size", "eval_batch_size", "repeats", "log_every"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{source}: key {key!r} must be >= 1, found {getattr(cfg, key)}")
+    if cfg.aug is not None and not (0.0 <= cfg.aug.p <= 1.0 and cfg.aug.copies >= 0):
+        raise ConfigError(f"{source}: aug needs 0 <= p <= 1 and copies >= 0, found {cfg.aug}")
     if cfg.max_length < 8:
         raise ConfigError(f"{source}: key 'max_length' must be >= 8, found {cfg.max_length}")
     return cfg
@@ -434,12 +443,16 @@ def train(cfg: Config) -> dict:
     encoder, tokenizer = load_encoder(cfg.model)
     max_length = min(cfg.max_length, encoder.config.max_position_embeddings)
     specials = (tokenizer.cls_token_id, tokenizer.sep_token_id)
-    windows = {split: data.make_windows(data.tokenize_sentences(sentences, tokenizer,
-                                                                corpus.labels),
-                                        max_length, *specials)
-               for split, sentences in (("train", corpus.train), ("devel", corpus.devel),
-                                        ("test", corpus.test))}
+    tokenized = {split: data.tokenize_sentences(sentences, tokenizer, corpus.labels)
+                 for split, sentences in (("train", corpus.train), ("devel", corpus.devel),
+                                          ("test", corpus.test))}
+    windows = {split: data.make_windows(t, max_length, *specials) for split, t in tokenized.items()}
     pad_id = tokenizer.pad_token_id
+    swapper = None
+    if cfg.aug is not None:
+        swapper = data.EntitySwapper(corpus.train, tokenized["train"], tokenizer, corpus.labels,
+                                     cfg.aug.p, cfg.aug.copies)
+        windows["train"] = data.make_windows(swapper.epoch(cfg.seed, 0), max_length, *specials)
 
     model = build_tagger(cfg, corpus.labels, encoder).to(device)
     trainable, total = count_parameters(model)
@@ -464,6 +477,10 @@ def train(cfg: Config) -> dict:
     train_seconds = devel_seconds = 0.0
     real_tokens = padded_tokens = step = 0
     for epoch in range(cfg.epochs):
+        if swapper is not None and epoch > 0:  # fresh swaps each epoch, from the same originals
+            train_windows = data.make_windows(swapper.epoch(cfg.seed, epoch), max_length,
+                                              *specials)
+            lengths = [len(w.input_ids) for w in train_windows]
         batches = data.length_grouped_batches(lengths, cfg.batch_size, seed=cfg.seed * 1000 + epoch)
         model.train()
         started = time.perf_counter()

