@@ -18,6 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import fusion
 import train
 
 # ---------------------------------------------------------------------------------------------
@@ -28,6 +29,48 @@ def plan_runs(configs: list[train.Config]) -> list[train.Config]:
     """One config per (experiment, seed): seeds seed, seed+1, ..., seed+repeats-1."""
     return [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs
             for i in range(cfg.repeats)]
+
+
+def source_problem(source: train.Config, cfg: train.Config) -> str | None:
+    """Why `source` cannot feed the fusion experiment `cfg`, or None."""
+    if source.method != "lora":
+        return f"method is {source.method!r}, not 'lora'"
+    if source.model != cfg.model:
+        return f"model {source.model!r} differs from {cfg.model!r}"
+    needed = set(range(cfg.seed, cfg.seed + cfg.repeats))
+    have = set(range(source.seed, source.seed + source.repeats))
+    if not needed <= have:
+        return f"it runs seeds {sorted(have)}, the fusion needs {sorted(needed)}"
+    return None
+
+
+def order_sources_first(configs: list[train.Config]) -> list[train.Config]:
+    """Check every fusion experiment's sources before anything trains, and put the experiments
+    they name first, so each source adapter exists when its fusion runs."""
+    by_name = {c.name: c for c in configs}
+    sources = set()
+    for cfg in configs:
+        if cfg.method != "fusion":
+            continue
+        for name in cfg.adapters:
+            if Path(name).is_dir():
+                fusion.load_source_adapter(name)  # a saved adapter: readable now, or an error
+                continue
+            source = by_name.get(name)
+            if source is None:
+                raise train.ConfigError(
+                    f"experiment {cfg.name!r}: adapter {name!r} is neither an experiment of "
+                    f"this sweep ({', '.join(by_name)}) nor a run folder")
+            problem = source_problem(source, cfg)
+            if problem:
+                raise train.ConfigError(f"experiment {cfg.name!r}: source {name!r}: {problem}")
+            sources.add(name)
+        targets = {tuple(by_name[n].targets) for n in cfg.adapters if n in by_name}
+        if len(targets) > 1:
+            raise train.ConfigError(f"experiment {cfg.name!r}: its sources adapt different "
+                                    f"linears: {sorted(targets)}")
+    return [c for c in configs if c.name in sources] + \
+        [c for c in configs if c.name not in sources]
 
 
 def finished_metrics(cfg: train.Config) -> dict | None:
@@ -135,10 +178,11 @@ def write_summary(output_dir: Path, rows: list[dict]) -> None:
 
 def compare(configs: list[train.Config]) -> tuple[list[dict], list[str]]:
     """Run every planned run; the summary rows and the names of runs that failed."""
+    runs = plan_runs(order_sources_first(configs))  # a bad fusion source stops us here
     output_dir = Path(configs[0].output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     results, failed = [], []
-    for cfg in plan_runs(configs):
+    for cfg in runs:
         metrics = finished_metrics(cfg)
         if metrics is not None:
             print(f"[{cfg.name} seed {cfg.seed}] already finished: test F1 "

@@ -34,6 +34,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import data
+import fusion
+import lora
+from crf import CRF
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -48,7 +51,9 @@ class AugConfig:
 @dataclass
 class Config:
     name: str = "run"  # experiment name: outputs go to <output_dir>/<name>/seed<seed>/
-    method: str = "full"  # full: train every encoder weight
+    # full: every encoder weight trains; lora: adapters only, encoder frozen; fusion: frozen
+    # source adapters combined (fusion.py), with the fusion's own few parameters trained
+    method: str = "full"
     model: str = "dmis-lab/biobert-base-cased-v1.2"  # hub id, local folder, or package:<module>
     dataset: str = "bc5cdr"  # corpus name under data_dir, or a folder with {train,devel,test}.tsv
     data_dir: str = ""  # folder of corpora; empty: $NER_DATA_DIR, else download known corpora
@@ -75,6 +80,24 @@ class Config:
     log_every: int = 50  # steps between loss lines in the training log
     save_weights: bool = True  # write the trained weights (what the method trains) per run
     aug: AugConfig | None = None  # entity-swap augmentation of the training split, per epoch
+    # LoRA (method: lora)
+    rank: int = 16  # r of every adapter
+    alpha: float = 32.0  # scale = alpha / rank, alpha fixed across ranks as in Hu et al.
+    lora_dropout: float = 0.0  # dropout on the adapter's input; 0 runs no mask kernel
+    # names (or dotted suffixes) of the linears that get adapters; default: all of attention
+    targets: list[str] = dataclasses.field(default_factory=lambda: list(lora.DEFAULT_TARGETS))
+    rslora: bool = False  # scale = alpha / sqrt(rank), which keeps large ranks learning
+    gradient_checkpointing: bool = False  # recompute encoder layers in backward: less memory
+    # CRF head (any method)
+    crf: bool = False  # a linear-chain CRF on the word emissions: NLL training, Viterbi decoding
+    crf_lr: float = 1e-2  # transitions barely move at an encoder's learning rate
+    crf_constraints: bool = True  # forbid invalid BIO transitions in training and decoding
+    # Fusion of LoRA adapters (method: fusion)
+    adapters: list[str] = dataclasses.field(default_factory=list)  # sweep experiments or folders
+    fusion: str = "merge"  # merge: weighted sum of ΔW (weight space); attention: output space
+    fusion_weights: list[float] = dataclasses.field(default_factory=list)  # empty: learned
+    fusion_rank: int = 0  # merge, fixed weights: SVD-truncate each fused ΔW to this rank (0: no)
+    fusion_dim: int = 16  # attention: width of the query and key projections
 
 
 class ConfigError(ValueError):
@@ -147,6 +170,12 @@ def make_config(values: dict, source: str = "config") -> Config:
             raise ConfigError(f"{source}: key {key!r} must be >= 1, found {getattr(cfg, key)}")
     if cfg.aug is not None and not (0.0 <= cfg.aug.p <= 1.0 and cfg.aug.copies >= 0):
         raise ConfigError(f"{source}: aug needs 0 <= p <= 1 and copies >= 0, found {cfg.aug}")
+    if cfg.method == "fusion" and not cfg.adapters:
+        raise ConfigError(f"{source}: method fusion needs 'adapters' (experiment names or "
+                          f"run folders of LoRA adapters)")
+    if cfg.fusion not in ("merge", "attention"):
+        raise ConfigError(f"{source}: key 'fusion' must be 'merge' or 'attention', found "
+                          f"{cfg.fusion!r}")
     if cfg.max_length < 8:
         raise ConfigError(f"{source}: key 'max_length' must be >= 8, found {cfg.max_length}")
     return cfg
@@ -196,17 +225,19 @@ def parse_overrides(args: list[str]) -> dict:
 # The tagger
 
 
-METHODS = ("full",)
+METHODS = ("full", "lora", "fusion")
 
 
 class Tagger(nn.Module):
-    """Encoder → dropout → first-subword hidden state per word → linear head → emissions."""
+    """Encoder → dropout → first-subword hidden state per word → linear head → emissions,
+    scored by cross-entropy and argmax, or by an optional CRF (NLL and Viterbi)."""
 
-    def __init__(self, encoder: nn.Module, num_tags: int, dropout: float):
+    def __init__(self, encoder: nn.Module, num_tags: int, dropout: float, crf: CRF | None = None):
         super().__init__()
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_tags)
+        self.crf = crf
 
     def forward(self, input_ids, attention_mask, word_index) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask
@@ -216,11 +247,16 @@ class Tagger(nn.Module):
         return self.head(self.dropout(words))  # (B, W, K) emissions
 
     def loss(self, emissions, tags, word_mask) -> torch.Tensor:
-        """Mean cross-entropy over real words."""
+        """CRF: mean NLL per sentence; else mean cross-entropy over real words."""
+        if self.crf is not None:
+            return self.crf.nll(emissions, tags, word_mask)
         return F.cross_entropy(emissions[word_mask].float(), tags[word_mask])
 
     def predict(self, emissions, word_mask) -> torch.Tensor:
-        return emissions.argmax(-1)  # (B, W); padding positions hold arbitrary tags
+        """(B, W) tag ids; values at padded words are meaningless."""
+        if self.crf is not None:
+            return self.crf.decode(emissions, word_mask)[0]
+        return emissions.argmax(-1)
 
 
 def resolve_model(name: str) -> str:
@@ -254,9 +290,31 @@ def load_encoder(name: str):
     return encoder, tokenizer
 
 
-def build_tagger(cfg: Config, labels: list[str], encoder: nn.Module) -> Tagger:
-    """The method decides which weights train; every method shares the tagger around it."""
-    return Tagger(encoder, len(labels), cfg.dropout)
+def build_tagger(cfg: Config, labels: list[str], encoder: nn.Module) -> tuple[Tagger, dict]:
+    """The method decides which weights train; every method shares the tagger around it.
+    Also returns what the method reports about itself (for fusion: what it fused, SVD error)."""
+    report = {}
+    if cfg.method == "lora":
+        lora.inject_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, cfg.rslora)
+    if cfg.method == "fusion":
+        sources = [fusion.load_source_adapter(run) for run in fusion_sources(cfg)]
+        fusion.check_compatible(sources, cfg.model)
+        report = fusion.fuse(encoder, sources, cfg.fusion, cfg.fusion_weights or None,
+                             cfg.fusion_rank, cfg.fusion_dim)
+        if cfg.fusion == "merge" and cfg.fusion_weights:  # fixed ΔW: fold it into the base
+            for layer in fusion.fusion_layers(encoder):
+                layer.merge()
+    if cfg.gradient_checkpointing:
+        encoder.gradient_checkpointing_enable({"use_reentrant": False})
+    crf = CRF.for_labels(labels, constrained=cfg.crf_constraints) if cfg.crf else None
+    return Tagger(encoder, len(labels), cfg.dropout, crf), report
+
+
+def fusion_sources(cfg: Config) -> list[Path]:
+    """Run folders of the adapters to fuse: a folder as given, or an experiment of the same
+    sweep at this run's seed."""
+    return [Path(a) if Path(a).is_dir() else run_dir(dataclasses.replace(cfg, name=a))
+            for a in cfg.adapters]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -292,12 +350,17 @@ def load_trained_state(model: nn.Module, path: str | Path) -> None:
 # Optimisation
 
 
-def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
-    """AdamW groups: no weight decay on biases and LayerNorm weights (the 1-d parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}]
+def param_groups(model: Tagger, cfg: Config) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (the 1-d parameters); the
+    CRF's scores in a group of their own, at crf_lr and without decay."""
+    crf = list(model.crf.parameters()) if model.crf is not None else []
+    rest = [p for p in model.parameters() if p.requires_grad and all(p is not c for c in crf)]
+    groups = [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": cfg.weight_decay,
+               "lr": cfg.lr},
+              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0, "lr": cfg.lr}]
+    if crf:
+        groups.append({"params": crf, "weight_decay": 0.0, "lr": cfg.crf_lr})
+    return groups
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
@@ -454,7 +517,11 @@ def train(cfg: Config) -> dict:
                                      cfg.aug.p, cfg.aug.copies)
         windows["train"] = data.make_windows(swapper.epoch(cfg.seed, 0), max_length, *specials)
 
-    model = build_tagger(cfg, corpus.labels, encoder).to(device)
+    model, method_report = build_tagger(cfg, corpus.labels, encoder)
+    model.to(device)
+    if amp is not None:
+        # A frozen weight needs no fp32 master copy: keep it in the autocast dtype (half memory).
+        lora.cast_frozen(model.encoder, amp)
     trainable, total = count_parameters(model)
     print(f"[{cfg.name} seed {cfg.seed}] {device}, {cfg.precision}, trainable parameters "
           f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
@@ -542,12 +609,14 @@ def train(cfg: Config) -> dict:
         "tokens_per_second": real_tokens / train_seconds,
         "padding_fraction": 1 - real_tokens / padded_tokens,
         "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
-        "train_windows": len(train_windows), "steps": step,
+        "train_windows": len(train_windows), "steps": step, **method_report,
     }
     write_atomic(out / "predictions.txt", predictions_text(corpus.test, predicted))
     if cfg.save_weights:
         save_weights_atomic(out / "weights.safetensors", best["state"],
                             {"config": dataclasses.asdict(cfg), "labels": corpus.labels})
+        if cfg.method == "lora":  # the adapter again, in the folder layout PEFT loads
+            lora.export_peft(model.encoder, out / "peft", resolve_model(cfg.model))
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     print(f"[{cfg.name} seed {cfg.seed}] test F1 {test['f1']:.4f} (P {test['precision']:.4f}, "
           f"R {test['recall']:.4f}); {metrics['tokens_per_second']:.0f} tokens/s, "

@@ -66,11 +66,13 @@ def test_command_line_overrides_are_typed(tmp_path):
 
 def test_every_config_key_has_a_why_comment():
     source = Path(train.__file__).read_text().split("class Config:")[1].split("class ConfigError")[0]
-    fields = [line for line in source.splitlines() if line.startswith("    ") and ":" in line
-              and "=" in line]
+    lines = source.splitlines()
+    fields = [(line, previous) for line, previous in zip(lines[1:], lines)
+              if line.startswith("    ") and ":" in line and "=" in line]
     assert len(fields) == len(train.Config.__dataclass_fields__)
-    undocumented = [f for f in fields if "#" not in f and f.split(":")[0].strip() not in
-                    ("batch_size", "epochs", "output_dir")]
+    undocumented = [f for f, previous in fields if "#" not in f
+                    and not previous.strip().startswith("#")
+                    and f.split(":")[0].strip() not in ("batch_size", "epochs", "output_dir")]
     assert not undocumented
 
 
@@ -190,11 +192,12 @@ def test_saved_weights_reload_and_bad_checkpoints_are_named(tmp_path, tiny_encod
     path = train.run_dir(cfg) / "weights.safetensors"
     encoder, _ = train.load_encoder(str(tiny_encoder))
     fresh = train.build_tagger(cfg, ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"],
-                               encoder)
+                               encoder)[0]
     train.load_trained_state(fresh, path)
     saved = load_file(path)
     assert torch.equal(fresh.head.weight, saved["head.weight"])
-    wrong = train.build_tagger(cfg, ["O", "B-X", "I-X"], train.load_encoder(str(tiny_encoder))[0])
+    other_encoder = train.load_encoder(str(tiny_encoder))[0]
+    wrong = train.build_tagger(cfg, ["O", "B-X", "I-X"], other_encoder)[0]
     with pytest.raises(ValueError, match="head.weight: expected \\(3, 32\\), found \\(5, 32\\)"):
         train.load_trained_state(wrong, path)
     garbage = tmp_path / "garbage.safetensors"
@@ -225,3 +228,89 @@ def test_cli_runs_one_experiment(tmp_path, tiny_encoder, capsys):
     train.main([str(path), "--experiment", "b", "--lr=1e-3"])
     assert json.loads((tmp_path / "out/b/seed42/config.json").read_text())["lr"] == 1e-3
     assert '"f1"' in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ LoRA runs
+
+
+def test_lora_run_trains_adapters_and_head_only(tmp_path, tiny_encoder, tiny_corpus):
+    cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, method="lora", rank=4,
+                      targets=["query", "value"])
+    metrics = train.train(cfg)
+    hidden, layers, tags = 32, 2, 5
+    adapters = layers * 2 * 4 * (hidden + hidden)  # r * (d_in + d_out) per wrapped linear
+    assert metrics["trainable_params"] == adapters + hidden * tags + tags
+    saved = load_file(train.run_dir(cfg) / "weights.safetensors")
+    assert sorted({k.rsplit(".", 1)[-1] for k in saved}) == ["bias", "lora_A", "lora_B", "weight"]
+    assert sum(v.numel() for v in saved.values()) == metrics["trainable_params"]
+
+
+def test_lora_checkpoint_reproduces_predictions_bit_for_bit(tmp_path, tiny_encoder, tiny_corpus):
+    cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, method="lora", rank=4, epochs=3)
+    train.train(cfg)
+    labels = json.loads((train.run_dir(cfg) / "labels.json").read_text())
+    encoder, tokenizer = train.load_encoder(str(tiny_encoder))
+    model = train.build_tagger(cfg, labels, encoder)[0]
+    train.load_trained_state(model, train.run_dir(cfg) / "weights.safetensors")
+    corpus = train.data.load_corpus(str(tiny_corpus))
+    windows = train.data.make_windows(
+        train.data.tokenize_sentences(corpus.test, tokenizer, labels), 64,
+        tokenizer.cls_token_id, tokenizer.sep_token_id)
+    metrics, predicted = train.evaluate(model, corpus.test, windows, labels, 16,
+                                        tokenizer.pad_token_id, 64, torch.device("cpu"), None)
+    lines = (train.run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n")
+    assert [[line.split()[2] for line in block.splitlines()] for block in lines] == predicted
+    assert metrics["f1"] == json.loads((train.run_dir(cfg) / "metrics.json").read_text()
+                                       )["test"]["f1"]
+
+
+def test_lora_run_exports_an_adapter_peft_loads(tmp_path, tiny_encoder, tiny_corpus):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, method="lora", rank=4, epochs=1)
+    train.train(cfg)
+    ours = train.build_tagger(cfg, ["O"] * 5, train.load_encoder(str(tiny_encoder))[0])[0]
+    train.load_trained_state(ours, train.run_dir(cfg) / "weights.safetensors")
+    theirs = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_encoder),
+                                       train.run_dir(cfg) / "peft")
+    input_ids = torch.randint(5, 40, (3, 12))
+    with torch.no_grad():
+        expected = ours.encoder(input_ids=input_ids).last_hidden_state
+        found = theirs(input_ids=input_ids).last_hidden_state
+    torch.testing.assert_close(found, expected)
+    assert any(layer.lora_B.abs().sum() > 0 for layer in train.lora.lora_layers(ours).values())
+
+
+def test_unknown_lora_target_lists_the_linears(tmp_path, tiny_encoder, tiny_corpus):
+    cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, method="lora", targets=["qkv"])
+    with pytest.raises(ValueError, match="qkv match no nn.Linear.*query, key, value"):
+        train.train(cfg)
+
+
+# ------------------------------------------------------------------ CRF head
+
+
+def test_crf_run_trains_its_scores_at_crf_lr_and_decodes_valid_bio(tmp_path, tiny_encoder,
+                                                                    tiny_corpus):
+    cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, method="lora", rank=2, crf=True,
+                      crf_lr=0.05, epochs=2)
+    metrics = train.train(cfg)
+    K = 5
+    plain = train.train(tiny_config(tmp_path / "plain", tiny_encoder, tiny_corpus,
+                                    method="lora", rank=2, epochs=1))
+    assert metrics["trainable_params"] == plain["trainable_params"] + K * K + 2 * K
+    saved = load_file(train.run_dir(cfg) / "weights.safetensors")
+    assert {"crf.start", "crf.end", "crf.transitions"} <= set(saved)
+    tagger = train.build_tagger(cfg, ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"],
+                                make_tiny_bert())[0]
+    groups = train.param_groups(tagger, cfg)
+    assert groups[-1]["lr"] == 0.05 and groups[-1]["params"] == list(tagger.crf.parameters())
+    assert sum(len(g["params"]) for g in groups) == sum(
+        1 for p in tagger.parameters() if p.requires_grad)
+    for block in (train.run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n"):
+        previous = "O"
+        for line in block.splitlines():
+            tag = line.split()[2]
+            assert not tag.startswith("I-") or previous[2:] == tag[2:], block
+            previous = tag

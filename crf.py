@@ -1,0 +1,452 @@
+"""A linear-chain conditional random field (CRF) over word tags, vectorised over batch and tags.
+
+Implements the CRF of Lafferty et al. (2001), "Conditional Random Fields: Probabilistic Models
+for Segmenting and Labeling Sequence Data", as put on top of a BiLSTM or BERT encoder for
+named-entity tagging by Lample et al. (2016), "Neural Architectures for Named Entity
+Recognition". The score of a tag path y over the n words of a sentence is
+
+    start[y_0] + sum_t emissions[t, y_t] + sum_t transitions[y_t-1, y_t] + end[y_n-1];
+
+`nll` is log Z - score(gold), log Z summing exp(score) over every path (forward algorithm), and
+`decode` finds the best path (Viterbi). The forward algorithm and Viterbi are the same
+recursion in two semirings, log-sum-exp versus max: `_recursion` takes the reduction as an
+argument and serves both.
+
+Three ways to compute log Z, held equal by tests:
+- "loop": the recursion above in log space, one word at a time (the readable reference);
+- "scaled": the same sum in exp space with rescaling at every word (Rabiner 1989), a (B, K) x
+  (K, K) matmul per word, in float64, with the backward algorithm written out as its gradient.
+  Fastest on CPU, where the loop's (K, K, B) log-sum-exp per word dominates. Exact while the
+  scores of the paths that matter differ by less than ~700 nats (float64's exponent range);
+- "scan": the (K, K) matrices of consecutive words combined pairwise in a tree, as in
+  pytorch-struct: O(log W) depth but O(B W K^3) work and memory. Fastest on a GPU, where the
+  loop is bound by kernel launches. Decoding has a "loop" and a "scan" (max semiring) version.
+By default (algorithm=None) CUDA tensors use the scan, others "scaled" (log Z) and "loop" (decode).
+
+Optional BIO constraints (`bio_constraints`, `CRF.for_labels`) replace the scores of forbidden
+starts, transitions and ends by NEG = -1e4 in training and decoding alike, so the model puts no
+mass on invalid paths and never decodes one. NEG is finite rather than -inf so that log-sum-exp
+never meets -inf - (-inf) = NaN and gradients stay finite; exp(-1e4) is 0 in float32 and float64,
+so the result is that of -inf while path scores differ by less than ~9000.
+
+Masks are right-padded and contiguous (mask[b] = 1...1 0...0) with at least one word; tags and
+emissions at padded words are ignored (tags there may hold -100, emissions NaN). Computation is
+in float32 or wider (float64 inputs stay float64), whatever autocast says. Left out: k-best
+paths, marginals (take the gradient of `log_partition`), BIOES and other tagging schemes,
+higher-order and semi-Markov CRFs.
+
+Dimensions: B batch, W words (padded), K tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+NEG = -1e4  # score of a forbidden start, transition or end; off-diagonal of a padded scan step
+ALGORITHMS = ("loop", "scaled", "scan")
+
+
+def bio_constraints(labels: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """Allowed (start (K,), transitions (K, K), end (K,)) for BIO labels `O`, `B-X`, `I-X`.
+
+    `I-X` may not start a sentence and may only follow `B-X` or `I-X` (the same type X);
+    everything else is allowed, and any tag may end a sentence. allowed[i, j]: i followed by j.
+    """
+    if not labels or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be non-empty and distinct, got {list(labels)}")
+    parsed = []
+    for label in labels:
+        prefix, _, kind = label.partition("-")
+        if label != "O" and not (prefix in ("B", "I") and kind):
+            raise ValueError(f"label {label!r} is not 'O', 'B-<type>' or 'I-<type>' (BIO)")
+        parsed.append((prefix, kind))
+    start = torch.tensor([prefix != "I" for prefix, _ in parsed])  # (K,)
+    transitions = torch.tensor(
+        [[pj != "I" or (pi in ("B", "I") and ki == kj) for pj, kj in parsed] for pi, ki in parsed]
+    )  # (K, K)
+    end = torch.ones(len(labels), dtype=torch.bool)  # (K,)
+    return start, transitions, end
+
+
+class CRF(nn.Module):
+    """Linear-chain CRF with learnable start (K,), end (K,) and transitions (K, K) scores.
+
+    transitions[i, j] is the score of tag i followed by tag j (as in pytorch-crf). Scores start
+    uniform in (-0.1, 0.1), like pytorch-crf, so a fresh model has no exact ties. `allowed` is
+    (start (K,), transitions (K, K), end (K,)) bool masks, None for no constraints; they are
+    persistent buffers, so a checkpoint reloads with the constraints it was trained with.
+    """
+
+    def __init__(self, num_tags: int, allowed: tuple[Tensor, Tensor, Tensor] | None = None):
+        super().__init__()
+        if num_tags < 1:
+            raise ValueError(f"num_tags must be >= 1, got {num_tags}")
+        K = self.num_tags = num_tags
+        self.start = nn.Parameter(torch.empty(K).uniform_(-0.1, 0.1))  # (K,)
+        self.end = nn.Parameter(torch.empty(K).uniform_(-0.1, 0.1))  # (K,)
+        self.transitions = nn.Parameter(torch.empty(K, K).uniform_(-0.1, 0.1))  # (K, K)
+        if allowed is None:
+            allowed = (torch.ones(K).bool(), torch.ones(K, K).bool(), torch.ones(K).bool())
+        if len(allowed) != 3:
+            raise ValueError(f"allowed must be (start, transitions, end), got {len(allowed)} items")
+        names, shapes = ("start", "transitions", "end"), [(K,), (K, K), (K,)]
+        for name, mask, shape in zip(names, allowed, shapes, strict=True):
+            if mask.dtype != torch.bool or tuple(mask.shape) != shape:
+                raise ValueError(
+                    f"allowed {name} must be a bool tensor of shape {shape}, "
+                    f"got {mask.dtype} of shape {tuple(mask.shape)}"
+                )
+        self.register_buffer("allowed_start", allowed[0].clone())  # (K,)
+        self.register_buffer("allowed_transitions", allowed[1].clone())  # (K, K)
+        self.register_buffer("allowed_end", allowed[2].clone())  # (K,)
+
+    @classmethod
+    def for_labels(cls, labels: Sequence[str], constrained: bool = True) -> CRF:
+        """A CRF over BIO `labels` (tag id = index in `labels`), BIO-constrained if asked."""
+        return cls(len(labels), bio_constraints(labels) if constrained else None)
+
+    # ---- public API ---------------------------------------------------------------------------
+
+    def nll(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor,
+        reduction: str = "mean",
+        algorithm: str | None = None,
+    ) -> Tensor:
+        """Negative log-likelihood of `tags` (B, W) under emissions (B, W, K), mask (B, W) bool.
+
+        reduction: "mean" over the batch (not over words), "sum", or "none" for (B,).
+        algorithm: "loop", "scaled" or "scan" for log Z; None picks (module docstring).
+        """
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        with _no_autocast(emissions):
+            emissions = _zero_padding(self._check(emissions, mask, tags), mask)
+            log_z = self._log_partition(emissions, mask, algorithm)  # (B,)
+            nll = log_z - self._score(emissions, tags, mask)  # (B,)
+        if reduction == "none":
+            return nll
+        return nll.mean() if reduction == "mean" else nll.sum()
+
+    def log_partition(
+        self, emissions: Tensor, mask: Tensor, algorithm: str | None = None
+    ) -> Tensor:
+        """log Z (B,): log-sum-exp of the scores of all tag paths (forbidden ones count NEG)."""
+        with _no_autocast(emissions):
+            emissions = _zero_padding(self._check(emissions, mask), mask)
+            return self._log_partition(emissions, mask, algorithm)
+
+    def score(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """Score (B,) of the tag paths `tags` (B, W); each forbidden step counts NEG."""
+        with _no_autocast(emissions):
+            emissions = _zero_padding(self._check(emissions, mask, tags), mask)
+            return self._score(emissions, tags, mask)
+
+    @torch.no_grad()
+    def decode(
+        self, emissions: Tensor, mask: Tensor, pad_tag: int = 0, algorithm: str | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Viterbi: best paths (B, W) long, `pad_tag` at padded words, and their scores (B,).
+
+        algorithm: "loop" or "scan"; None picks the scan on CUDA. Runs without autograd.
+        """
+        if algorithm not in (None, "loop", "scan"):
+            raise ValueError(f"decode algorithm must be 'loop', 'scan' or None, got {algorithm!r}")
+        with _no_autocast(emissions):
+            emissions = self._check(emissions, mask)
+            start, trans, end = self._masked_scores(emissions.dtype)
+            first = start + emissions[:, 0]  # (B, K)
+            if algorithm == "scan" or (algorithm is None and emissions.is_cuda):
+                best, path = _viterbi_scan(first, _steps(trans, emissions, mask), end)
+            else:
+                best, path = _viterbi_loop(first, trans, end, emissions, mask)
+        return path.masked_fill(~mask, pad_tag), best  # (B, W), (B,)
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _check(self, emissions: Tensor, mask: Tensor, tags: Tensor | None = None) -> Tensor:
+        """Validate shapes and masks; return emissions as float32 (float64 stays float64)."""
+        K = self.num_tags
+        if emissions.dim() != 3 or emissions.shape[2] != K or 0 in emissions.shape:
+            raise ValueError(f"emissions must be (B>0, W>0, K={K}), got {tuple(emissions.shape)}")
+        if mask.shape != emissions.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be bool (B, W) = {tuple(emissions.shape[:2])}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+        if tags is not None and (tags.shape != mask.shape or tags.dtype != torch.long):
+            expected, found = tuple(mask.shape), (tags.dtype, tuple(tags.shape))
+            raise ValueError(f"tags must be long (B, W) = {expected}, got {found}")
+        problems = [~mask[:, 0], mask[:, 1:] & ~mask[:, :-1]]  # (B,) empty, (B, W-1) 0 then 1
+        if tags is not None:
+            problems.append(mask & ((tags < 0) | (tags >= K)))  # (B, W)
+        found = torch.stack([p.any() for p in problems]).tolist()  # one host sync for all checks
+        if found[0]:
+            rows = problems[0].nonzero().flatten().tolist()
+            raise ValueError(f"every sequence needs >= 1 word; mask[b, 0] is False for b in {rows}")
+        if found[1]:
+            rows = problems[1].any(1).nonzero().flatten().tolist()
+            raise ValueError(f"mask must be right-padded (1...1 0...0); it is not for b in {rows}")
+        if tags is not None and found[2]:
+            raise ValueError(f"tags at unmasked words must lie in [0, {K}); some do not")
+        return emissions.to(torch.promote_types(emissions.dtype, torch.float32))
+
+    def _masked_scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """start (K,), transitions (K, K), end (K,); forbidden entries NEG (and zero gradient)."""
+        start = torch.where(self.allowed_start, self.start, NEG).to(dtype)  # (K,)
+        trans = torch.where(self.allowed_transitions, self.transitions, NEG).to(dtype)  # (K, K)
+        end = torch.where(self.allowed_end, self.end, NEG).to(dtype)  # (K,)
+        return start, trans, end
+
+    def _log_partition(self, emissions: Tensor, mask: Tensor, algorithm: str | None) -> Tensor:
+        if algorithm not in (None, *ALGORITHMS):
+            raise ValueError(f"algorithm must be one of {ALGORITHMS} or None, got {algorithm!r}")
+        if algorithm is None:
+            algorithm = "scan" if emissions.is_cuda else "scaled"
+        start, trans, end = self._masked_scores(emissions.dtype)
+        if algorithm == "scaled":
+            return _ScaledForward.apply(emissions, mask, start, trans, end)  # (B,)
+        first = start + emissions[:, 0]  # (B, K)
+        if algorithm == "scan":
+            return _forward_scan(first, _steps(trans, emissions, mask), end)  # (B,)
+        return _forward_loop(first, trans, end, emissions, mask)  # (B,)
+
+    def _score(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        start, trans, end = self._masked_scores(emissions.dtype)
+        tags = tags.masked_fill(~mask, 0)  # (B, W) padding (-100 or anything) -> a valid index
+        last = tags.gather(1, mask.sum(1, keepdim=True) - 1).squeeze(1)  # (B,) tag of last word
+        emit = emissions.gather(2, tags[:, :, None]).squeeze(2)  # (B, W) 0 at padding
+        step = torch.where(mask[:, 1:], trans[tags[:, :-1], tags[:, 1:]], 0.0)  # (B, W-1)
+        return start[tags[:, 0]] + emit.sum(1) + step.sum(1) + end[last]  # (B,)
+
+
+def _zero_padding(emissions: Tensor, mask: Tensor) -> Tensor:
+    """Emissions (B, W, K) with 0 at padded words, which may hold NaN: the log Z recursions read
+    past a sentence's end, and 0 * NaN would reach the gradients. Decoding needs no such care."""
+    return torch.where(mask[:, :, None], emissions, 0.0)  # (B, W, K)
+
+
+def _no_autocast(emissions: Tensor) -> torch.autocast:
+    """A context that turns autocast off, so matmuls and sums stay in float32."""
+    return torch.autocast(emissions.device.type, enabled=False)
+
+
+# ---- the loop: one recursion, two semirings ---------------------------------------------------
+
+
+def _recursion(
+    first: Tensor, trans: Tensor, emissions: Tensor, reduce: Callable[[Tensor], Tensor]
+) -> list[Tensor]:
+    """alpha (K, B) for every word; reduce = log-sum-exp (forward) or max (Viterbi) over dim 0.
+
+    Tags lead the layout, so the reduction runs over the outermost dimension (vectorised).
+    Words past a sentence's end are computed too and never read.
+    """
+    B, _, K = emissions.shape
+    trans = trans[:, :, None].expand(K, K, B).contiguous()  # (K, K, B): a plain add is faster
+    alpha = first.T.contiguous()  # (K, B) alpha[j, b]: reduced over paths of words 0..t ending in j
+    alphas = [alpha]
+    for emit in emissions[:, 1:].permute(1, 2, 0).contiguous():  # W-1 of (K, B)
+        # (K, K, B) [i, j, b]: the best or total score of paths ending in i at t, then j at t+1
+        alpha = reduce(alpha[:, None, :] + trans) + emit  # (K, B)
+        alphas.append(alpha)
+    return alphas
+
+
+def _last(alphas: Tensor, mask: Tensor) -> Tensor:
+    """Row of `alphas` (W, B, K) at each sentence's last word, (B, K)."""
+    index = (mask.sum(1) - 1)[None, :, None].expand(1, -1, alphas.shape[2])  # (1, B, K)
+    return alphas.gather(0, index).squeeze(0)  # (B, K)
+
+
+def _forward_loop(
+    first: Tensor, trans: Tensor, end: Tensor, emissions: Tensor, mask: Tensor
+) -> Tensor:
+    """log Z (B,) by the forward algorithm, one word at a time (log semiring)."""
+    alphas = _recursion(first, trans, emissions, lambda x: torch.logsumexp(x, dim=0))
+    alphas = torch.stack(alphas).transpose(1, 2)  # (W, B, K)
+    return torch.logsumexp(_last(alphas, mask) + end, dim=1)  # (B,)
+
+
+def _viterbi_loop(
+    first: Tensor, trans: Tensor, end: Tensor, emissions: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Best score (B,) and path (B, W) by Viterbi (max semiring) and a batched backtrace.
+
+    The forward pass keeps only the scores; the backtrace recomputes, for the one tag chosen
+    at word t+1, which tag at word t led to it: a (B, K) argmax per word instead of keeping a
+    (K, K, B) one per word.
+    """
+    deltas = torch.stack(_recursion(first, trans, emissions, lambda x: x.amax(dim=0)))  # (W, K, B)
+    deltas = deltas.transpose(1, 2).contiguous()  # (W, B, K) [t, b, i]: best of words 0..t, i at t
+    final = _last(deltas, mask) + end  # (B, K) best score of each whole path ending in i
+    best, tag = final.amax(dim=1), final.argmax(dim=1)  # (B,), (B,) at the last word
+    # From the last word on, deltas are 0 at that word's best tag and -inf elsewhere, so the
+    # backtrace stays on it through the padding without a mask per word.
+    words = torch.arange(mask.shape[1], device=mask.device)  # (W,)
+    after = words[:, None] >= mask.sum(1) - 1  # (W, B)
+    stay = torch.full_like(deltas[0], float("-inf")).scatter_(1, tag[:, None], 0.0)  # (B, K)
+    deltas = torch.where(after[:, :, None], stay, deltas).unbind(0)  # W of (B, K)
+    incoming = trans.T.contiguous()  # (K, K) incoming[j, i] = trans[i, j]
+    path = [tag]
+    for t in range(mask.shape[1] - 2, -1, -1):
+        tag = (deltas[t] + incoming.index_select(0, tag)).argmax(dim=1)  # (B,) best tag at t
+        path.append(tag)
+    return best, torch.stack(path[::-1], dim=1)  # (B,), (B, W)
+
+
+# ---- scaled: exp space, with the backward algorithm as the gradient ---------------------------
+
+
+class _ScaledForward(torch.autograd.Function):
+    """log Z (B,) of the forward algorithm in exp space; its gradient is the backward algorithm.
+
+    p_t (K, B) holds the forward scores of word t rescaled to sum 1 by s_t, so log Z is the sum
+    of log s_t plus the shifts taken out of the exponents. r_t (K, B) holds the backward scores
+    rescaled by the same s_t, so that p_t * r_t is the marginal P(tag j at word t): the gradient
+    of log Z by emissions[t, j]; by transitions[i, j] it is the sum over t of pairwise marginals.
+    All in float64, tags leading as in `_recursion`; products are broadcast and summed rather
+    than tiny matmuls, which stall on a busy multi-threaded CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, emissions, mask, start, trans, end):
+        dtype, f64 = emissions.dtype, torch.float64
+        emissions = emissions.to(f64).permute(1, 2, 0)  # (W, K, B)
+        start, trans, end = start.to(f64), trans.to(f64), end.to(f64)
+        W, K, B = emissions.shape
+        shift = emissions.amax(1, keepdim=True)  # (W, 1, B) largest emission per word
+        factor = torch.exp(emissions - shift)  # (W, K, B) exp(emission - shift), in (0, 1]
+        weight = torch.exp(trans - trans.max())  # (K, K) exp(transition), in [0, 1]; forbidden 0
+        weights = weight[:, :, None].expand(K, K, B).contiguous()  # (K, K, B) [i, j, b]
+        q = torch.exp(start - start.max())[:, None] * factor[0]  # (K, B)
+        s = q.sum(0, keepdim=True)  # (1, B)
+        p = q / s  # (K, B) p[j, b]: rescaled score of all paths over words 0..t ending in j
+        ps, ss = [p], [s]
+        for x in factor[1:]:  # words past a sentence's end are computed too, then dropped
+            q = (p[:, None, :] * weights).sum(0).mul_(x)  # (K, B) one more word, unnormalised
+            s = q.sum(0, keepdim=True)  # (1, B)
+            p = q.div_(s)  # (K, B)
+            ps.append(p)
+            ss.append(s)
+        P, S = torch.stack(ps), torch.cat(ss)  # (W, K, B), (W, B)
+        lengths = mask.sum(1)  # (B,)
+        at_end = (lengths - 1)[None, None, :].expand(1, K, B)  # (1, K, B) index of the last word
+        final = torch.exp(end - end.max())[:, None]  # (K, 1)
+        s_end = (P.gather(0, at_end)[0] * final).sum(0)  # (B,)
+        log_z = (
+            torch.where(mask.T, torch.log(S) + shift[:, 0], 0.0).sum(0)
+            + (lengths - 1) * trans.max()
+            + start.max()
+            + torch.log(s_end)
+            + end.max()
+        )  # (B,)
+        # For the backward pass, P and factor / s with padded words zeroed.
+        P = torch.where(mask.T[:, None, :], P, 0.0)  # (W, K, B)
+        factor = torch.where(mask.T[:, None, :], factor / S[:, None, :], 0.0)  # (W, K, B)
+        r_last = final / s_end  # (K, B) r at the last word
+        ctx.save_for_backward(at_end, P, factor, weight, r_last)
+        return log_z.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        at_end, P, factor, weight, r_last = ctx.saved_tensors  # P, factor / s (W, K, B)
+        W, K, B = P.shape
+        # r_last at each sentence's last word, 0 elsewhere: where the backward recursion starts.
+        starts = torch.zeros_like(P).scatter_(0, at_end, r_last[None])  # (W, K, B)
+        weights = weight.T[:, :, None].expand(K, K, B).contiguous()  # (K, K, B) [j, i, b]
+        r = starts[-1]  # (K, B) r[i, b]: rescaled score of all paths over words t+1.. given i at t
+        rs, us = [r], []
+        for t in range(W - 1, 0, -1):
+            u = factor[t] * r  # (K, B) the same from word t on, given j at t (0 past the end)
+            r = (u[:, None, :] * weights).sum(0) + starts[t - 1]  # (K, B)
+            rs.append(r)
+            us.append(u)
+        g = grad.to(P.dtype)  # (B,) upstream gradient of each log Z
+        marginal = g * P * torch.stack(rs[::-1])  # (W, K, B) g * P(tag j at word t)
+        pairs = torch.zeros_like(weight)  # (K, K) sum over t, b of g * p_t-1[i] * u_t[j]
+        if us:
+            U = torch.stack(us[::-1]) * g  # (W-1, K, B)
+            pairs = torch.einsum("tib,tjb->ij", P[:-1], U)  # (K, K)
+        last = (g * r_last * P.gather(0, at_end)[0]).sum(1)  # (K,) g * P(tag j at last word)
+        dtype = grad.dtype
+        return (
+            marginal.permute(2, 0, 1).to(dtype),  # (B, W, K)
+            None,
+            marginal[0].sum(1).to(dtype),
+            (weight * pairs).to(dtype),  # pairwise marginals: p[i] * weight[i, j] * u[j]
+            last.to(dtype),
+        )
+
+
+# ---- scan: pairwise combination of step matrices, O(log W) depth ------------------------------
+
+
+def _steps(trans: Tensor, emissions: Tensor, mask: Tensor) -> Tensor:
+    """Step matrices (B, W-1, K, K) for the scan.
+
+    steps[b, t, i, j] is the score of tag i at word t followed by tag j at word t+1 (transition
+    plus emission of j). A padded word's step is the semiring identity (0 on the diagonal, NEG
+    elsewhere), so a sentence's score carries over to the last column unchanged.
+    """
+    steps = trans + emissions[:, 1:, None, :]  # (B, W-1, K, K)
+    return torch.where(mask[:, 1:, None, None], steps, _identity(trans))  # (B, W-1, K, K)
+
+
+def _identity(trans: Tensor) -> Tensor:
+    """The step that keeps the tag, (K, K): 0 on the diagonal, NEG elsewhere."""
+    return torch.full_like(trans, NEG).fill_diagonal_(0)  # (K, K)
+
+
+def _pad(steps: Tensor) -> Tensor:
+    """Append identity steps up to a power of two, (B, 2^L, K, K) with 2^L >= W-1 >= 1."""
+    B, n, K, _ = steps.shape
+    extra = (1 << (n - 1).bit_length()) - n
+    return torch.cat([steps, _identity(steps[0, 0]).expand(B, extra, K, K)], dim=1)
+
+
+def _forward_scan(first: Tensor, steps: Tensor, end: Tensor) -> Tensor:
+    """log Z (B,) by combining step matrices pairwise in the log semiring."""
+    if steps.shape[1] == 0:  # one-word batch: no steps
+        return torch.logsumexp(first + end, dim=1)  # (B,)
+    steps = _pad(steps)  # (B, n, K, K), n a power of two
+    while steps.shape[1] > 1:
+        left, right = steps[:, 0::2], steps[:, 1::2]  # (B, n/2, K, K) each
+        # [b, m, i, j]: log-sum-exp over the paths from tag i at the start of span m (two
+        # spans of the level below) to tag j at its end, summing out the middle tag.
+        steps = torch.logsumexp(left[..., :, :, None] + right[..., None, :, :], dim=-2)
+    total = first[:, :, None] + steps[:, 0] + end[None, None, :]  # (B, K, K) [b, first, last]
+    return torch.logsumexp(total.flatten(1), dim=1)  # (B,)
+
+
+def _viterbi_scan(first: Tensor, steps: Tensor, end: Tensor) -> tuple[Tensor, Tensor]:
+    """Best score (B,) and path (B, W) by combining step matrices pairwise in the max semiring.
+
+    Each level keeps, for every (start tag, end tag) of a span, the best tag at its midpoint;
+    the backtrace then fills in the midpoints top-down, one gather per level.
+    """
+    W, K = steps.shape[1] + 1, first.shape[1]
+    if W == 1:  # one-word batch: no steps
+        best, tag = (first + end).max(dim=1, keepdim=True)  # (B, 1), (B, 1)
+        return best.squeeze(1), tag
+    steps = _pad(steps)  # (B, n, K, K), n a power of two
+    middles = []
+    while steps.shape[1] > 1:
+        left, right = steps[:, 0::2], steps[:, 1::2]  # (B, n/2, K, K) each
+        # steps[b, m, i, j]: best score of a path from tag i at the start of span m to tag j
+        # at its end; middle[b, m, i, j]: the tag at the span's midpoint on that path.
+        steps, middle = (left[..., :, :, None] + right[..., None, :, :]).max(dim=-2)
+        middles.append(middle)
+    total = first[:, :, None] + steps[:, 0] + end[None, None, :]  # (B, K, K) [b, first, last]
+    best, flat = total.flatten(1).max(dim=1)  # (B,), (B,)
+    bounds = torch.stack([flat // K, flat % K], dim=1)  # (B, 2) tags at both ends
+    for middle in reversed(middles):  # (B, m, K, K), with m + 1 known span bounds
+        left, right = bounds[:, :-1], bounds[:, 1:]  # (B, m) each
+        mid = middle.flatten(2).gather(2, (left * K + right)[:, :, None]).squeeze(2)  # (B, m)
+        bounds = torch.cat([torch.stack([left, mid], 2).flatten(1), bounds[:, -1:]], dim=1)
+    return best, bounds[:, :W]  # (B,), (B, W)

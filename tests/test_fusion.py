@@ -1,0 +1,259 @@
+"""fusion.py: weight-space and output-space fusion of LoRA adapters, and fusion sweeps."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_sentences, make_tiny_bert, write_iob
+
+import compare
+import fusion
+import lora
+import train
+
+
+def random_adapter(name: str, rank: int, seed: int, model: str = "tiny") -> fusion.SourceAdapter:
+    """Random factors for the tiny BERT's default targets (scale alpha / r with alpha = 8)."""
+    generator = torch.Generator().manual_seed(seed)
+    encoder = make_tiny_bert()
+    modules = lora.inject_lora(encoder, rank=rank)
+    return fusion.SourceAdapter(name, model, {
+        m: (torch.randn(rank, 32, generator=generator) * 0.3,
+            torch.randn(32, rank, generator=generator) * 0.3, 8.0 / rank) for m in modules})
+
+
+def with_adapter(source: fusion.SourceAdapter):
+    """The tiny BERT with `source` as a plain LoRA: what one adapter alone computes."""
+    encoder = make_tiny_bert()
+    lora.inject_lora(encoder, list(source.factors), rank=next(iter(source.factors.values()))[0]
+                     .shape[0], alpha=8.0)
+    with torch.no_grad():
+        for name, layer in lora.lora_layers(encoder).items():
+            layer.lora_A.copy_(source.factors[name][0])
+            layer.lora_B.copy_(source.factors[name][1])
+    return encoder.eval()
+
+
+def fused(sources, mode, weights=None, rank=0):
+    encoder = make_tiny_bert()
+    report = fusion.fuse(encoder, sources, mode, weights, rank)
+    return encoder.eval(), report
+
+
+def hidden(encoder, seed=0):
+    input_ids = torch.randint(5, 40, (3, 10), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return encoder(input_ids=input_ids).last_hidden_state  # (B, T, H)
+
+
+CHEM, DISEASE = random_adapter("chem", 4, 1), random_adapter("disease", 2, 2)
+
+
+def test_weights_one_zero_equal_the_first_adapter_alone():
+    encoder, _ = fused([CHEM, DISEASE], "merge", [1.0, 0.0])
+    torch.testing.assert_close(hidden(encoder), hidden(with_adapter(CHEM)))
+    assert not torch.allclose(hidden(encoder), hidden(make_tiny_bert().eval()))
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0], [0.3, -1.2], [0.5, 0.5]])
+def test_concatenated_factors_are_exactly_the_weighted_delta_sum(weights):
+    encoder, _ = fused([CHEM, DISEASE], "merge", weights)
+    base = make_tiny_bert()
+    x = torch.randn(5, 32)
+    for name, layer in zip(CHEM.factors, fusion.fusion_layers(encoder)):
+        explicit = sum(w * s * B @ A for w, (A, B, s) in
+                       zip(weights, (CHEM.factors[name], DISEASE.factors[name])))
+        torch.testing.assert_close(layer.delta_weight(), explicit)
+        linear = base.get_submodule(name)
+        slow = F.linear(x, linear.weight + explicit, linear.bias)  # the slow twin
+        torch.testing.assert_close(layer(x), slow)
+
+
+def test_fusing_an_adapter_with_itself_at_halves_is_the_adapter():
+    for mode, weights in (("merge", [0.5, 0.5]), ("attention", None)):
+        encoder, _ = fused([CHEM, CHEM], mode, weights)
+        torch.testing.assert_close(hidden(encoder), hidden(with_adapter(CHEM)))
+
+
+def test_svd_at_full_rank_is_exact_and_lower_rank_meets_eckart_young():
+    exact, report = fused([CHEM, DISEASE], "merge", [1.0, 1.0], rank=6)
+    assert report["svd_relative_error_max"] < 1e-5
+    torch.testing.assert_close(hidden(exact), hidden(fused([CHEM, DISEASE], "merge",
+                                                           [1.0, 1.0])[0]))
+    _, report = fused([CHEM, DISEASE], "merge", [1.0, 1.0], rank=3)
+    errors = []
+    for name in CHEM.factors:
+        delta = sum(s * B @ A for A, B, s in (CHEM.factors[name], DISEASE.factors[name]))
+        S = torch.linalg.svdvals(delta)
+        errors.append(float(S[3:].square().sum().sqrt() / S.square().sum().sqrt()))
+    assert report["svd_relative_error_max"] == pytest.approx(max(errors), rel=1e-4)
+    assert report["svd_relative_error_max"] > 0.01
+
+
+def test_merged_equals_unmerged_and_merge_is_idempotent():
+    encoder, _ = fused([CHEM, DISEASE], "merge", [0.7, 1.3])
+    before = hidden(encoder)
+    weights = [layer.base.weight.clone() for layer in fusion.fusion_layers(encoder)]
+    for layer in fusion.fusion_layers(encoder):
+        layer.merge()
+        once = layer.base.weight.clone()
+        layer.merge()
+        assert torch.equal(layer.base.weight, once)
+    torch.testing.assert_close(hidden(encoder), before, atol=1e-4, rtol=1e-4)  # fp32 rounding
+    for layer, weight in zip(fusion.fusion_layers(encoder), weights):
+        layer.unmerge()
+        torch.testing.assert_close(layer.base.weight, weight)
+    learned, _ = fused([CHEM, DISEASE], "merge")
+    with pytest.raises(ValueError, match="merging needs fixed weights"):
+        fusion.fusion_layers(learned)[0].merge()
+
+
+@pytest.mark.parametrize("mode", ["merge", "attention"])
+def test_fusion_parameters_get_gradients_and_adapters_do_not(mode):
+    encoder, _ = fused([CHEM, DISEASE], mode)
+    encoder.train()
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    expected = ("weights",) if mode == "merge" else ("query.weight", "key.weight")
+    assert trainable and all(n.endswith(expected) for n in trainable)
+    hidden_states = encoder(input_ids=torch.randint(5, 40, (2, 8))).last_hidden_state
+    hidden_states.pow(2).sum().backward()
+    grads = {n: p.grad for n, p in encoder.named_parameters() if p.requires_grad}
+    first = "weights" if mode == "merge" else "query.weight"
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.endswith(first))
+    for layer in fusion.fusion_layers(encoder):  # adapters are buffers: never trained
+        assert not isinstance(layer.A, torch.nn.Parameter) and not layer.A.requires_grad
+
+
+def test_attention_mixing_is_a_per_token_softmax_matching_a_slow_loop():
+    torch.manual_seed(0)
+    encoder, _ = fused([CHEM, DISEASE], "attention")
+    layer = fusion.fusion_layers(encoder)[0]
+    x = torch.randn(2, 5, 32)
+    torch.nn.init.normal_(layer.query.weight)
+    with torch.no_grad():
+        fast = layer(x)
+        alpha = layer.mixing(x, layer.adapter_outputs(x))  # (B, T, N)
+        torch.testing.assert_close(alpha.sum(-1), torch.ones(2, 5))
+        assert alpha.std() > 0.01  # really mixes differently per token
+        for b in range(2):
+            for t in range(5):
+                token = x[b, t]
+                deltas = [s * B @ (A @ token) for A, B, s in
+                          (CHEM.factors[n] for n in [next(iter(CHEM.factors))])] + \
+                         [s * B @ (A @ token) for A, B, s in
+                          (DISEASE.factors[n] for n in [next(iter(DISEASE.factors))])]
+                scores = torch.stack([layer.query.weight @ token @ (layer.key.weight @ d)
+                                      for d in deltas]) / 4.0  # sqrt(d) = 4
+                mix = torch.softmax(scores, 0)
+                slow = layer.base(token) + mix[0] * deltas[0] + mix[1] * deltas[1]
+                torch.testing.assert_close(fast[b, t], slow)
+
+
+def test_attention_starts_as_the_average():
+    encoder, _ = fused([CHEM, DISEASE], "attention")
+    torch.testing.assert_close(hidden(encoder), hidden(fused([CHEM, DISEASE], "merge",
+                                                             [0.5, 0.5])[0]))
+
+
+def test_incompatible_sources_are_named():
+    other = random_adapter("elsewhere", 4, 3, model="another-encoder")
+    with pytest.raises(ValueError, match="'elsewhere' adapts 'another-encoder'"):
+        fusion.check_compatible([CHEM, other], "tiny")
+    partial = copy.deepcopy(DISEASE)
+    partial.factors.pop(next(iter(partial.factors)))
+    with pytest.raises(ValueError, match="adapt different linears"):
+        fusion.check_compatible([CHEM, partial], "tiny")
+    with pytest.raises(ValueError, match="fusion_weights has 3 values for 2"):
+        fused([CHEM, DISEASE], "merge", [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="needs fusion: merge with fixed weights"):
+        fused([CHEM, DISEASE], "attention", rank=2)
+
+
+# ------------------------------------------------------------------ fusion sweeps
+
+
+def single_type(sentences, keep: str):
+    return [(tokens, [t if t.endswith(keep) else "O" for t in tags]) for tokens, tags in sentences]
+
+
+@pytest.fixture
+def domain_corpora(tmp_path):
+    """Three corpora over the same sentences: chemicals only, diseases only, both."""
+    splits = {s: make_sentences(n, seed=i) for i, (s, n) in
+              enumerate((("train", 40), ("devel", 12), ("test", 12)))}
+    for name, keep in (("chem", "Chemical"), ("disease", "Disease"), ("both", "")):
+        for split, sentences in splits.items():
+            write_iob(tmp_path / name / f"{split}.tsv",
+                      single_type(sentences, keep) if keep else sentences)
+    return tmp_path
+
+
+def sweep(tmp_path, encoder, experiments: str):
+    path = tmp_path / "fusion.yml"
+    path.write_text(f"model: {encoder}\ndata_dir: {tmp_path}\ndataset: both\ngpu: -1\n"
+                    f"epochs: 2\nbatch_size: 8\nlr: 3e-3\nrank: 4\nrepeats: 1\n"
+                    f"output_dir: {tmp_path / 'out'}\nexperiments:\n{experiments}")
+    return path
+
+
+def test_sweep_trains_sources_first_then_fuses(tmp_path, tiny_encoder, domain_corpora):
+    path = sweep(tmp_path, tiny_encoder,
+                 "  - {name: fused-fixed, method: fusion, adapters: [chem, disease],"
+                 " fusion_weights: [1.0, 1.0]}\n"
+                 "  - {name: fused-learned, method: fusion, adapters: [chem, disease]}\n"
+                 "  - {name: fused-attention, method: fusion, fusion: attention,"
+                 " adapters: [chem, disease]}\n"
+                 "  - {name: fused-svd, method: fusion, adapters: [chem, disease],"
+                 " fusion_weights: [1.0, 1.0], fusion_rank: 2}\n"
+                 "  - {name: chem, method: lora, dataset: chem}\n"
+                 "  - {name: disease, method: lora, dataset: disease}\n")
+    assert compare.main([str(path)]) == 0
+    results = [json.loads(line) for line in
+               (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in results][:2] == ["chem", "disease"]
+    by_name = {r["name"]: r for r in results}
+    head = 32 * 5 + 5
+    assert by_name["fused-fixed"]["trainable_params"] == head  # ΔW merged: only the head trains
+    assert by_name["fused-learned"]["trainable_params"] == head + 2 * 8
+    assert by_name["fused-attention"]["trainable_params"] == head + 8 * (32 + 32) * 16
+    assert 0 < by_name["fused-svd"]["svd_relative_error_max"] < 1
+    assert set(by_name["fused-fixed"]["test"]["per_type"]) == {"Chemical", "Disease"}
+
+
+def test_missing_or_incompatible_source_fails_before_training(tmp_path, tiny_encoder,
+                                                              domain_corpora):
+    cases = [
+        ("  - {name: f, method: fusion, adapters: [chem, nowhere]}\n"
+         "  - {name: chem, method: lora, dataset: chem}\n", "'nowhere' is neither"),
+        ("  - {name: f, method: fusion, adapters: [chem]}\n"
+         "  - {name: chem, method: full, dataset: chem}\n", "method is 'full', not 'lora'"),
+        ("  - {name: f, method: fusion, adapters: [chem], repeats: 2}\n"
+         "  - {name: chem, method: lora, dataset: chem}\n", "the fusion needs [42, 43]"),
+        ("  - {name: f, method: fusion, adapters: [chem, disease]}\n"
+         "  - {name: chem, method: lora, dataset: chem, targets: [query]}\n"
+         "  - {name: disease, method: lora, dataset: disease}\n", "adapt different linears"),
+    ]
+    for experiments, words in cases:
+        with pytest.raises(train.ConfigError, match=words.replace("[", r"\[")):
+            compare.main([str(sweep(tmp_path, tiny_encoder, experiments))])
+        assert not (tmp_path / "out").exists()
+
+
+def test_fusion_of_saved_run_folders(tmp_path, tiny_encoder, domain_corpora):
+    assert compare.main([str(sweep(tmp_path, tiny_encoder,
+                                   "  - {name: chem, method: lora, dataset: chem}\n"))]) == 0
+    folder = tmp_path / "out" / "chem" / "seed42"
+    source = fusion.load_source_adapter(folder)
+    assert source.name == "chem" and len(source.factors) == 8
+    cfg = train.make_config({"model": str(tiny_encoder), "data_dir": str(tmp_path),
+                             "dataset": "both", "gpu": -1, "epochs": 1, "method": "fusion",
+                             "adapters": [str(folder), str(folder)], "fusion_weights": [0.5, 0.5],
+                             "output_dir": str(tmp_path / "out2")}, "test")
+    assert train.train(cfg)["fused_linears"] == 8
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="expected a finished LoRA run folder"):
+        fusion.load_source_adapter(tmp_path / "empty")
