@@ -14,10 +14,10 @@ argument and serves both.
 
 Three ways to compute log Z, held equal by tests:
 - "loop": the recursion above in log space, one word at a time (the readable reference);
-- "scaled": the same sum in exp space with rescaling at every word (Rabiner 1989), a (B, K) x
-  (K, K) matmul per word, in float64, with the backward algorithm written out as its gradient.
-  Fastest on CPU, where the loop's (K, K, B) log-sum-exp per word dominates. Exact while the
-  scores of the paths that matter differ by less than ~700 nats (float64's exponent range);
+- "scaled": the same sum in exp space, rescaled at every word (Rabiner 1989): a multiply and
+  a sum per word instead of a log-sum-exp, in float64, with the backward algorithm written out
+  as its gradient (no autograd graph per word). Fastest on CPU. Exact while the scores of the
+  paths that matter differ by less than ~700 nats at a word (float64's exponent range);
 - "scan": the (K, K) matrices of consecutive words combined pairwise in a tree, as in
   pytorch-struct: O(log W) depth but O(B W K^3) work and memory. Fastest on a GPU, where the
   loop is bound by kernel launches. Decoding has a "loop" and a "scan" (max semiring) version.
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 NEG = -1e4  # score of a forbidden start, transition or end; off-diagonal of a padded scan step
 ALGORITHMS = ("loop", "scaled", "scan")
+Scores = tuple[Tensor, Tensor, Tensor]  # start (K,), transitions (K, K), end (K,), NEG-masked
 
 
 def bio_constraints(labels: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
@@ -127,8 +128,9 @@ class CRF(nn.Module):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         with _no_autocast(emissions):
             emissions = _zero_padding(self._check(emissions, mask, tags), mask)
-            log_z = self._log_partition(emissions, mask, algorithm)  # (B,)
-            nll = log_z - self._score(emissions, tags, mask)  # (B,)
+            scores = self._masked_scores(emissions.dtype)
+            log_z = _log_partition(emissions, mask, scores, algorithm)  # (B,)
+            nll = log_z - _path_score(emissions, tags, mask, scores)  # (B,)
         if reduction == "none":
             return nll
         return nll.mean() if reduction == "mean" else nll.sum()
@@ -139,13 +141,13 @@ class CRF(nn.Module):
         """log Z (B,): log-sum-exp of the scores of all tag paths (forbidden ones count NEG)."""
         with _no_autocast(emissions):
             emissions = _zero_padding(self._check(emissions, mask), mask)
-            return self._log_partition(emissions, mask, algorithm)
+            return _log_partition(emissions, mask, self._masked_scores(emissions.dtype), algorithm)
 
     def score(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
         """Score (B,) of the tag paths `tags` (B, W); each forbidden step counts NEG."""
         with _no_autocast(emissions):
             emissions = _zero_padding(self._check(emissions, mask, tags), mask)
-            return self._score(emissions, tags, mask)
+            return _path_score(emissions, tags, mask, self._masked_scores(emissions.dtype))
 
     @torch.no_grad()
     def decode(
@@ -196,33 +198,39 @@ class CRF(nn.Module):
             raise ValueError(f"tags at unmasked words must lie in [0, {K}); some do not")
         return emissions.to(torch.promote_types(emissions.dtype, torch.float32))
 
-    def _masked_scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    def _masked_scores(self, dtype: torch.dtype) -> Scores:
         """start (K,), transitions (K, K), end (K,); forbidden entries NEG (and zero gradient)."""
         start = torch.where(self.allowed_start, self.start, NEG).to(dtype)  # (K,)
         trans = torch.where(self.allowed_transitions, self.transitions, NEG).to(dtype)  # (K, K)
         end = torch.where(self.allowed_end, self.end, NEG).to(dtype)  # (K,)
         return start, trans, end
 
-    def _log_partition(self, emissions: Tensor, mask: Tensor, algorithm: str | None) -> Tensor:
-        if algorithm not in (None, *ALGORITHMS):
-            raise ValueError(f"algorithm must be one of {ALGORITHMS} or None, got {algorithm!r}")
-        if algorithm is None:
-            algorithm = "scan" if emissions.is_cuda else "scaled"
-        start, trans, end = self._masked_scores(emissions.dtype)
-        if algorithm == "scaled":
-            return _ScaledForward.apply(emissions, mask, start, trans, end)  # (B,)
-        first = start + emissions[:, 0]  # (B, K)
-        if algorithm == "scan":
-            return _forward_scan(first, _steps(trans, emissions, mask), end)  # (B,)
-        return _forward_loop(first, trans, end, emissions, mask)  # (B,)
 
-    def _score(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
-        start, trans, end = self._masked_scores(emissions.dtype)
-        tags = tags.masked_fill(~mask, 0)  # (B, W) padding (-100 or anything) -> a valid index
-        last = tags.gather(1, mask.sum(1, keepdim=True) - 1).squeeze(1)  # (B,) tag of last word
-        emit = emissions.gather(2, tags[:, :, None]).squeeze(2)  # (B, W) 0 at padding
-        step = torch.where(mask[:, 1:], trans[tags[:, :-1], tags[:, 1:]], 0.0)  # (B, W-1)
-        return start[tags[:, 0]] + emit.sum(1) + step.sum(1) + end[last]  # (B,)
+def _log_partition(
+    emissions: Tensor, mask: Tensor, scores: Scores, algorithm: str | None
+) -> Tensor:
+    """log Z (B,) by the chosen algorithm (None: the scan on CUDA, else "scaled")."""
+    if algorithm not in (None, *ALGORITHMS):
+        raise ValueError(f"algorithm must be one of {ALGORITHMS} or None, got {algorithm!r}")
+    if algorithm is None:
+        algorithm = "scan" if emissions.is_cuda else "scaled"
+    start, trans, end = scores
+    if algorithm == "scaled":
+        return _ScaledForward.apply(emissions, mask, start, trans, end)  # (B,)
+    first = start + emissions[:, 0]  # (B, K)
+    if algorithm == "scan":
+        return _forward_scan(first, _steps(trans, emissions, mask), end)  # (B,)
+    return _forward_loop(first, trans, end, emissions, mask)  # (B,)
+
+
+def _path_score(emissions: Tensor, tags: Tensor, mask: Tensor, scores: Scores) -> Tensor:
+    """Score (B,) of the paths `tags` (B, W); emissions must be 0 at padded words."""
+    start, trans, end = scores
+    tags = tags.masked_fill(~mask, 0)  # (B, W) padding (-100 or anything) -> a valid index
+    last = tags.gather(1, mask.sum(1, keepdim=True) - 1).squeeze(1)  # (B,) tag of last word
+    emit = emissions.gather(2, tags[:, :, None]).squeeze(2)  # (B, W) 0 at padding
+    step = torch.where(mask[:, 1:], trans[tags[:, :-1], tags[:, 1:]], 0.0)  # (B, W-1)
+    return start[tags[:, 0]] + emit.sum(1) + step.sum(1) + end[last]  # (B,)
 
 
 def _zero_padding(emissions: Tensor, mask: Tensor) -> Tensor:
@@ -232,7 +240,7 @@ def _zero_padding(emissions: Tensor, mask: Tensor) -> Tensor:
 
 
 def _no_autocast(emissions: Tensor) -> torch.autocast:
-    """A context that turns autocast off, so matmuls and sums stay in float32."""
+    """A context that turns autocast off: the CRF computes in float32 or wider, never bf16."""
     return torch.autocast(emissions.device.type, enabled=False)
 
 
@@ -252,7 +260,7 @@ def _recursion(
     alpha = first.T.contiguous()  # (K, B) alpha[j, b]: reduced over paths of words 0..t ending in j
     alphas = [alpha]
     for emit in emissions[:, 1:].permute(1, 2, 0).contiguous():  # W-1 of (K, B)
-        # (K, K, B) [i, j, b]: the best or total score of paths ending in i at t, then j at t+1
+        # (K, K, B) [i, j, b]: paths ending in i at word t (alpha), then the step i -> j
         alpha = reduce(alpha[:, None, :] + trans) + emit  # (K, B)
         alphas.append(alpha)
     return alphas
@@ -280,7 +288,8 @@ def _viterbi_loop(
 
     The forward pass keeps only the scores; the backtrace recomputes, for the one tag chosen
     at word t+1, which tag at word t led to it: a (B, K) argmax per word instead of keeping a
-    (K, K, B) one per word.
+    (K, K, B) one per word. (On a CPU an argmax over any but the innermost dimension, which
+    back-pointers kept during the recursion would need, is several times slower than a max.)
     """
     deltas = torch.stack(_recursion(first, trans, emissions, lambda x: x.amax(dim=0)))  # (W, K, B)
     deltas = deltas.transpose(1, 2).contiguous()  # (W, B, K) [t, b, i]: best of words 0..t, i at t
@@ -317,9 +326,9 @@ class _ScaledForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, emissions, mask, start, trans, end):
         dtype, f64 = emissions.dtype, torch.float64
-        emissions = emissions.to(f64).permute(1, 2, 0)  # (W, K, B)
+        emissions = emissions.to(f64).permute(1, 2, 0).contiguous()
         start, trans, end = start.to(f64), trans.to(f64), end.to(f64)
-        W, K, B = emissions.shape
+        _, K, B = emissions.shape  # emissions now (W, K, B)
         shift = emissions.amax(1, keepdim=True)  # (W, 1, B) largest emission per word
         factor = torch.exp(emissions - shift)  # (W, K, B) exp(emission - shift), in (0, 1]
         weight = torch.exp(trans - trans.max())  # (K, K) exp(transition), in [0, 1]; forbidden 0

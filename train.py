@@ -61,6 +61,7 @@ class Config:
     train_limit: int = 0  # use only the first N training sentences (0 = all): demos, smoke runs
     eval_limit: int = 0  # use only the first N devel and test sentences (0 = all)
     max_length: int = 128  # subwords per window; longer sentences are split, never truncated
+    pad_multiple: int = 0  # pad batches to a multiple of this; 0: 16 on CUDA, 1 (none) on CPU
     batch_size: int = 32
     eval_batch_size: int = 128  # evaluation keeps no activations, so it affords larger batches
     epochs: int = 3
@@ -402,8 +403,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+@dataclass
+class Batcher:
+    """How windows become padded tensors on the device, and the precision they run in."""
+    pad_id: int
+    max_length: int
+    multiple: int  # pad lengths up to a multiple of this
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype; None: plain fp32
+
+    def __call__(self, windows: list[data.Window]) -> dict[str, torch.Tensor]:
+        batch = data.collate(windows, self.pad_id, self.max_length, self.multiple)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                              enabled=self.amp is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,15 +426,15 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.inference_mode()
-def predict_windows(model: Tagger, windows, batch_size: int, pad_id: int, max_length: int,
-                    device: torch.device, amp: torch.dtype | None) -> list[list[int]]:
+def predict_windows(model: Tagger, windows: list[data.Window], batch_size: int,
+                    batcher: Batcher) -> list[list[int]]:
     """Predicted tag ids for the words of every window, in window order."""
     model.eval()
     predictions: list[list[int]] = [[] for _ in windows]
     lengths = [len(w.input_ids) for w in windows]
     for indices in data.sorted_batches(lengths, batch_size):
-        batch = to_device(data.collate([windows[i] for i in indices], pad_id, max_length), device)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        batch = batcher([windows[i] for i in indices])
+        with batcher.autocast():
             emissions = model(batch["input_ids"], batch["attention_mask"], batch["word_index"])
         tags = model.predict(emissions, batch["word_mask"]).cpu()  # (B, W)
         for row, i in enumerate(indices):
@@ -440,11 +455,11 @@ def score(gold: list[list[str]], predicted: list[list[str]]) -> dict:
             "per_type": per_type}
 
 
-def evaluate(model: Tagger, split: list[data.Sentence], windows, labels: list[str],
-             batch_size: int, pad_id: int, max_length: int, device, amp) -> tuple[dict, list]:
+def evaluate(model: Tagger, split: list[data.Sentence], windows: list[data.Window],
+             labels: list[str], batch_size: int, batcher: Batcher) -> tuple[dict, list]:
     """Scores on a split, and the predicted tag strings per sentence."""
     started = time.perf_counter()
-    by_window = predict_windows(model, windows, batch_size, pad_id, max_length, device, amp)
+    by_window = predict_windows(model, windows, batch_size, batcher)
     by_sentence = data.merge_window_predictions(windows, by_window, [len(s.tokens) for s in split])
     predicted = [[labels[t] for t in sentence] for sentence in by_sentence]
     metrics = score([s.tags for s in split], predicted)
@@ -510,7 +525,8 @@ def train(cfg: Config) -> dict:
                  for split, sentences in (("train", corpus.train), ("devel", corpus.devel),
                                           ("test", corpus.test))}
     windows = {split: data.make_windows(t, max_length, *specials) for split, t in tokenized.items()}
-    pad_id = tokenizer.pad_token_id
+    batcher = Batcher(tokenizer.pad_token_id, max_length,
+                      cfg.pad_multiple or (16 if device.type == "cuda" else 1), device, amp)
     swapper = None
     if cfg.aug is not None:
         swapper = data.EntitySwapper(corpus.train, tokenized["train"], tokenizer, corpus.labels,
@@ -531,7 +547,8 @@ def train(cfg: Config) -> dict:
     steps_per_epoch = math.ceil(len(train_windows) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), fused=device.type == "cuda")
+    # fused: one kernel over all parameters; on the CPU 10x faster than the per-tensor loop
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler_type))
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
@@ -553,8 +570,8 @@ def train(cfg: Config) -> dict:
         started = time.perf_counter()
         for indices in batches:
             chunk = [train_windows[i] for i in indices]
-            batch = to_device(data.collate(chunk, pad_id, max_length), device)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            batch = batcher(chunk)
+            with batcher.autocast():
                 emissions = model(batch["input_ids"], batch["attention_mask"],
                                   batch["word_index"])  # (B, W, K)
                 loss = model.loss(emissions, batch["tags"], batch["word_mask"])
@@ -578,7 +595,7 @@ def train(cfg: Config) -> dict:
         train_seconds += time.perf_counter() - started
 
         devel, _ = evaluate(model, corpus.devel, windows["devel"], corpus.labels,
-                            cfg.eval_batch_size, pad_id, max_length, device, amp)
+                            cfg.eval_batch_size, batcher)
         devel_seconds += devel["seconds"]
         log.write(json.dumps({"epoch": epoch, "step": step, "devel_f1": devel["f1"],
                               "devel_precision": devel["precision"],
@@ -596,7 +613,7 @@ def train(cfg: Config) -> dict:
             if name in best["state"]:
                 param.copy_(best["state"][name])
     test, predicted = evaluate(model, corpus.test, windows["test"], corpus.labels,
-                               cfg.eval_batch_size, pad_id, max_length, device, amp)
+                               cfg.eval_batch_size, batcher)
     peak, peak_kind = peak_memory_mb(device)
     metrics = {
         "name": cfg.name, "method": cfg.method, "seed": cfg.seed, "dataset": cfg.dataset,

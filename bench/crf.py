@@ -16,11 +16,12 @@ pytorch-struct's `LinearChainCRF` has no start or end scores: its potentials (B,
 [b, n, next tag, previous tag] (see `LinearChain.to_parts`), so start + first emission are
 folded into edge 0 and the end score into each sentence's last edge (n = length - 2).
 
-Each measurement: warm-up calls, then up to --repeats timed calls, round-robin over the sides
-so that noise from other processes hits all alike; a side stops once it has 3 calls and has
-spent --budget seconds (pytorch-struct is slow on CPU). The median is reported, with
-ratio = peer ms / ours ms. On CUDA every call ends with torch.cuda.synchronize(). Needs the
-bench extras pytorch-crf and torch-struct.
+Each measurement: warm-up calls (one only for a side slower than --budget / 10), then up to
+--repeats timed calls, round-robin over the sides so that noise from other processes hits all
+alike. A side stops once its timed calls add up to --budget seconds, or to 3 budgets if it has
+fewer than 3 calls (pytorch-struct is slow on CPU). The median is reported, with ratio = peer
+ms / ours ms. On CUDA each call ends with torch.cuda.synchronize(). On CPU, --threads defaults
+to the CPUs this process may use. Needs the bench extras pytorch-crf and torch-struct.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def make_inputs(B: int, W: int, K: int, device: str, seed: int = 0):
 
 def struct_potentials(crf: CRF, emissions, lengths):
     """pytorch-struct's edge potentials (B, W-1, K, K) [b, n, next, prev], our scores folded in."""
-    B, W, K = emissions.shape
+    W = emissions.shape[1]
     edges = crf.transitions.T + emissions[:, 1:, :, None]  # (B, W-1, K next, K prev)
     first = (crf.start + emissions[:, 0])[:, None, None, :]  # (B, 1, 1, K prev) word 0
     edges = torch.cat([edges[:, :1] + first, edges[:, 1:]], dim=1)
@@ -146,10 +147,14 @@ def measure(calls: dict[str, Callable], device: str, warmup: int, repeats: int, 
         if timed(call) < budget / 10:
             for _ in range(warmup - 1):
                 timed(call)
+
+    def more(t: list[float]) -> bool:  # 3 calls if they fit in 3 budgets, else stop at budget
+        return sum(t) < budget or (len(t) < 3 and sum(t) < 3 * budget)
+
     times: dict[str, list[float]] = {side: [] for side in calls}
     for _ in range(repeats):
         for side, call in calls.items():
-            if len(times[side]) < 3 or sum(times[side]) < budget:
+            if more(times[side]):
                 times[side].append(timed(call))
     return {side: 1e3 * statistics.median(t) for side, t in times.items()}, {
         side: len(t) for side, t in times.items()
@@ -164,14 +169,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per side")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per side, at most")
     parser.add_argument("--budget", type=float, default=4.0, help="seconds per side and task")
+    parser.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads (all)"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.device == "cpu":
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        torch.set_num_threads(args.threads)
     device_name = (
         torch.cuda.get_device_name()
         if args.device == "cuda"
-        else f"CPU, {torch.get_num_threads()} threads"
+        else f"CPU, torch threads: {torch.get_num_threads()}"
     )
     print(f"{device_name}, torch {torch.__version__}; median ms, ratio = peer / ours")
     print(f"{'B, W, K':>12} {'task':>7} {'ours':>9} {'pytorch-crf':>19} {'pytorch-struct':>19}")

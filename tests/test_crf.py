@@ -174,6 +174,20 @@ def test_batched_equals_one_by_one(algorithm, constrained):
         assert_close(alone_score, score[b : b + 1])
 
 
+@pytest.mark.parametrize("algorithm", ["loop", "scan"])
+@pytest.mark.parametrize("constrained", [False, True])
+def test_semiring_invariants(algorithm, constrained):
+    """The best score is the score of the best path, and lies between any path's and log Z."""
+    K, W = 5, 30
+    crf = make_crf(K, seed=20, constrained=constrained)
+    emissions, tags, mask = make_batch(16, W, K, seed=21, scale=2.0)
+    path, best = crf.decode(emissions, mask, algorithm=algorithm)
+    assert_close(crf.score(emissions, path, mask), best)
+    assert (crf.score(emissions, tags, mask) <= best + 1e-9).all()
+    assert (best <= crf.log_partition(emissions, mask, "loop")).all()
+    assert (crf.nll(emissions, tags, mask, "none") >= 0).all()
+
+
 def gradients(crf: CRF, emissions, tags, mask, algorithm):
     crf.zero_grad()
     emissions = emissions.clone().requires_grad_()
@@ -264,7 +278,9 @@ def test_decoded_paths_are_valid_bio(algorithm):
     free_paths = free.decode(emissions, mask, algorithm=algorithm)[0]
     lengths = mask.sum(1).tolist()
     assert all(is_valid_bio(p[:n].tolist(), LABELS) for p, n in zip(paths, lengths, strict=True))
-    assert not all(is_valid_bio(p[:n].tolist(), LABELS) for p, n in zip(free_paths, lengths, strict=True))
+    assert not all(
+        is_valid_bio(p[:n].tolist(), LABELS) for p, n in zip(free_paths, lengths, strict=True)
+    )
 
 
 def test_constraints_survive_a_state_dict_round_trip():
@@ -339,7 +355,7 @@ def test_half_emissions_compute_in_float32(dtype):
 
 def test_one_word_sentences_and_pad_tag():
     crf = make_crf(4, seed=18)
-    emissions, tags, mask = make_batch(3, 1, 4, seed=19)
+    emissions, _, mask = make_batch(3, 1, 4, seed=19)
     path, score = crf.decode(emissions, mask)
     expected = crf.start + emissions[:, 0] + crf.end  # (B, K)
     assert torch.equal(path[:, 0], expected.argmax(1))

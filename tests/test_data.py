@@ -225,9 +225,3 @@ def test_collate_pads_to_multiples_of_16_with_masks(tokenizer):
         assert row[:len(w.word_starts)].all() and not row[len(w.word_starts):].any()
         assert torch.equal(batch["input_ids"][b, batch["word_index"][b, :len(w.word_starts)]],
                            torch.tensor([w.input_ids[s] for s in w.word_starts]))
-
-
-def test_padding_fraction_counts_pad_positions(tokenizer):
-    windows = [data.Window([1] * n, [1], [0], 0, 0) for n in (16, 8, 32)]
-    # batch 1: 16 and 8 → 2 x 16 = 32 slots, 24 real; batch 2: 32 → 32 slots, all real
-    assert data.padding_fraction(windows, [[0, 1], [2]], max_length=128) == pytest.approx(8 / 64)

@@ -226,16 +226,16 @@ def test_sweep_trains_sources_first_then_fuses(tmp_path, tiny_encoder, domain_co
 
 def test_missing_or_incompatible_source_fails_before_training(tmp_path, tiny_encoder,
                                                               domain_corpora):
+    fusion_of = "  - {name: f, method: fusion, %s}\n"
+    chem = "  - {name: chem, method: %s, dataset: chem%s}\n"
+    disease = "  - {name: disease, method: lora, dataset: disease}\n"
     cases = [
-        ("  - {name: f, method: fusion, adapters: [chem, nowhere]}\n"
-         "  - {name: chem, method: lora, dataset: chem}\n", "'nowhere' is neither"),
-        ("  - {name: f, method: fusion, adapters: [chem]}\n"
-         "  - {name: chem, method: full, dataset: chem}\n", "method is 'full', not 'lora'"),
-        ("  - {name: f, method: fusion, adapters: [chem], repeats: 2}\n"
-         "  - {name: chem, method: lora, dataset: chem}\n", "the fusion needs [42, 43]"),
-        ("  - {name: f, method: fusion, adapters: [chem, disease]}\n"
-         "  - {name: chem, method: lora, dataset: chem, targets: [query]}\n"
-         "  - {name: disease, method: lora, dataset: disease}\n", "adapt different linears"),
+        (fusion_of % "adapters: [chem, nowhere]" + chem % ("lora", ""), "'nowhere' is neither"),
+        (fusion_of % "adapters: [chem]" + chem % ("full", ""), "method is 'full', not 'lora'"),
+        (fusion_of % "adapters: [chem], repeats: 2" + chem % ("lora", ""),
+         "the fusion needs [42, 43]"),
+        (fusion_of % "adapters: [chem, disease]" + chem % ("lora", ", targets: [query]")
+         + disease, "adapt different linears"),
     ]
     for experiments, words in cases:
         with pytest.raises(train.ConfigError, match=words.replace("[", r"\[")):

@@ -256,8 +256,8 @@ def test_lora_checkpoint_reproduces_predictions_bit_for_bit(tmp_path, tiny_encod
     windows = train.data.make_windows(
         train.data.tokenize_sentences(corpus.test, tokenizer, labels), 64,
         tokenizer.cls_token_id, tokenizer.sep_token_id)
-    metrics, predicted = train.evaluate(model, corpus.test, windows, labels, 16,
-                                        tokenizer.pad_token_id, 64, torch.device("cpu"), None)
+    batcher = train.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"), None)
+    metrics, predicted = train.evaluate(model, corpus.test, windows, labels, 16, batcher)
     lines = (train.run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n")
     assert [[line.split()[2] for line in block.splitlines()] for block in lines] == predicted
     assert metrics["f1"] == json.loads((train.run_dir(cfg) / "metrics.json").read_text()
