@@ -118,16 +118,19 @@ class CRF(nn.Module):
         mask: Tensor,
         reduction: str = "mean",
         algorithm: str | None = None,
+        check_values: bool = True,
     ) -> Tensor:
         """Negative log-likelihood of `tags` (B, W) under emissions (B, W, K), mask (B, W) bool.
 
         reduction: "mean" over the batch (not over words), "sum", or "none" for (B,).
         algorithm: "loop", "scaled" or "scan" for log Z; None picks (module docstring).
+        check_values: check mask contents and tag range, at the cost of one host sync (on a
+        GPU a stall of the pipeline); a caller that builds its masks itself can skip it.
         """
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         with _no_autocast(emissions):
-            emissions = _zero_padding(self._check(emissions, mask, tags), mask)
+            emissions = _zero_padding(self._check(emissions, mask, tags, check_values), mask)
             scores = self._masked_scores(emissions.dtype)
             log_z = _log_partition(emissions, mask, scores, algorithm)  # (B,)
             nll = log_z - _path_score(emissions, tags, mask, scores)  # (B,)
@@ -151,16 +154,22 @@ class CRF(nn.Module):
 
     @torch.no_grad()
     def decode(
-        self, emissions: Tensor, mask: Tensor, pad_tag: int = 0, algorithm: str | None = None
+        self,
+        emissions: Tensor,
+        mask: Tensor,
+        pad_tag: int = 0,
+        algorithm: str | None = None,
+        check_values: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """Viterbi: best paths (B, W) long, `pad_tag` at padded words, and their scores (B,).
 
         algorithm: "loop" or "scan"; None picks the scan on CUDA. Runs without autograd.
+        check_values: as in `nll`.
         """
         if algorithm not in (None, "loop", "scan"):
             raise ValueError(f"decode algorithm must be 'loop', 'scan' or None, got {algorithm!r}")
         with _no_autocast(emissions):
-            emissions = self._check(emissions, mask)
+            emissions = self._check(emissions, mask, check_values=check_values)
             start, trans, end = self._masked_scores(emissions.dtype)
             first = start + emissions[:, 0]  # (B, K)
             if algorithm == "scan" or (algorithm is None and emissions.is_cuda):
@@ -171,8 +180,11 @@ class CRF(nn.Module):
 
     # ---- internals ----------------------------------------------------------------------------
 
-    def _check(self, emissions: Tensor, mask: Tensor, tags: Tensor | None = None) -> Tensor:
-        """Validate shapes and masks; return emissions as float32 (float64 stays float64)."""
+    def _check(
+        self, emissions: Tensor, mask: Tensor, tags: Tensor | None = None, check_values: bool = True
+    ) -> Tensor:
+        """Validate shapes (and, if asked, masks and tags); return emissions as float32
+        (float64 stays float64)."""
         K = self.num_tags
         if emissions.dim() != 3 or emissions.shape[2] != K or 0 in emissions.shape:
             raise ValueError(f"emissions must be (B>0, W>0, K={K}), got {tuple(emissions.shape)}")
@@ -184,6 +196,8 @@ class CRF(nn.Module):
         if tags is not None and (tags.shape != mask.shape or tags.dtype != torch.long):
             expected, found = tuple(mask.shape), (tags.dtype, tuple(tags.shape))
             raise ValueError(f"tags must be long (B, W) = {expected}, got {found}")
+        if not check_values:
+            return emissions.to(torch.promote_types(emissions.dtype, torch.float32))
         problems = [~mask[:, 0], mask[:, 1:] & ~mask[:, :-1]]  # (B,) empty, (B, W-1) 0 then 1
         if tags is not None:
             problems.append(mask & ((tags < 0) | (tags >= K)))  # (B, W)

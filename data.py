@@ -14,6 +14,8 @@ The path from a corpus folder to model inputs:
    longer than a whole window keeps only its first pieces; its first subword is still there.)
 5. `length_grouped_batches` + `collate` group windows of similar length (little padding) and pad
    each batch to a multiple of 16 on a GPU (fewer distinct shapes for its kernel caches).
+6. `EntitySwapper` (entity-swap augmentation, at the end) makes fresh variants of the training
+   sentences every epoch by splicing the subword pieces of other mentions into them.
 
 Dimensions: B batch, T subword tokens, W words.
 """

@@ -418,3 +418,14 @@ def test_bad_arguments_are_errors():
         crf.decode(emissions, mask, algorithm="scaled")
     with pytest.raises(ValueError, match="allowed transitions"):
         CRF(3, (torch.ones(3).bool(), torch.ones(3, 2).bool(), torch.ones(3).bool()))
+
+
+def test_skipping_value_checks_changes_nothing_for_valid_input():
+    torch.manual_seed(0)
+    crf = CRF.for_labels(["O", "B-X", "I-X"])
+    emissions, mask = torch.randn(3, 6, 3), torch.arange(6)[None] < torch.tensor([[6], [2], [4]])
+    tags = torch.randint(0, 3, (3, 6))
+    assert torch.equal(crf.nll(emissions, tags, mask), crf.nll(emissions, tags, mask,
+                                                                check_values=False))
+    fast, checked = crf.decode(emissions, mask, check_values=False), crf.decode(emissions, mask)
+    assert torch.equal(fast[0], checked[0]) and torch.equal(fast[1], checked[1])

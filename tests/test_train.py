@@ -314,3 +314,11 @@ def test_crf_run_trains_its_scores_at_crf_lr_and_decodes_valid_bio(tmp_path, tin
             tag = line.split()[2]
             assert not tag.startswith("I-") or previous[2:] == tag[2:], block
             previous = tag
+
+
+def test_readme_documents_every_config_key():
+    readme = (Path(train.__file__).parent / "README.md").read_text()
+    keys = list(train.Config.__dataclass_fields__) + [
+        f"aug.{k}" for k in train.AugConfig.__dataclass_fields__]
+    missing = [k for k in keys if f"| `{k}` |" not in readme]
+    assert not missing
