@@ -18,6 +18,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import config
 import fusion
 import train
 
@@ -25,13 +26,13 @@ import train
 # Planning
 
 
-def plan_runs(configs: list[train.Config]) -> list[train.Config]:
+def plan_runs(configs: list[config.Config]) -> list[config.Config]:
     """One config per (experiment, seed): seeds seed, seed+1, ..., seed+repeats-1."""
     return [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs
             for i in range(cfg.repeats)]
 
 
-def source_problem(source: train.Config, cfg: train.Config) -> str | None:
+def source_problem(source: config.Config, cfg: config.Config) -> str | None:
     """Why `source` cannot feed the fusion experiment `cfg`, or None."""
     if source.method != "lora":
         return f"method is {source.method!r}, not 'lora'"
@@ -44,7 +45,7 @@ def source_problem(source: train.Config, cfg: train.Config) -> str | None:
     return None
 
 
-def order_sources_first(configs: list[train.Config]) -> list[train.Config]:
+def order_sources_first(configs: list[config.Config]) -> list[config.Config]:
     """Check every fusion experiment's sources before anything trains, and put the experiments
     they name first, so each source adapter exists when its fusion runs."""
     by_name = {c.name: c for c in configs}
@@ -58,22 +59,22 @@ def order_sources_first(configs: list[train.Config]) -> list[train.Config]:
                 continue
             source = by_name.get(name)
             if source is None:
-                raise train.ConfigError(
+                raise config.ConfigError(
                     f"experiment {cfg.name!r}: adapter {name!r} is neither an experiment of "
                     f"this sweep ({', '.join(by_name)}) nor a run folder")
             problem = source_problem(source, cfg)
             if problem:
-                raise train.ConfigError(f"experiment {cfg.name!r}: source {name!r}: {problem}")
+                raise config.ConfigError(f"experiment {cfg.name!r}: source {name!r}: {problem}")
             sources.add(name)
         targets = {tuple(by_name[n].targets) for n in cfg.adapters if n in by_name}
         if len(targets) > 1:
-            raise train.ConfigError(f"experiment {cfg.name!r}: its sources adapt different "
+            raise config.ConfigError(f"experiment {cfg.name!r}: its sources adapt different "
                                     f"linears: {sorted(targets)}")
     return [c for c in configs if c.name in sources] + \
         [c for c in configs if c.name not in sources]
 
 
-def finished_metrics(cfg: train.Config) -> dict | None:
+def finished_metrics(cfg: config.Config) -> dict | None:
     """The metrics of an earlier identical run, if it finished."""
     folder = train.run_dir(cfg)
     try:
@@ -92,7 +93,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(configs: list[train.Config], results: list[dict]) -> list[dict]:
+def summarise(configs: list[config.Config], results: list[dict]) -> list[dict]:
     """One row per experiment that has at least one finished run, in config order."""
     rows = []
     for cfg in configs:
@@ -176,7 +177,7 @@ def write_summary(output_dir: Path, rows: list[dict]) -> None:
 # The sweep
 
 
-def compare(configs: list[train.Config]) -> tuple[list[dict], list[str]]:
+def compare(configs: list[config.Config]) -> tuple[list[dict], list[str]]:
     """Run every planned run; the summary rows and the names of runs that failed."""
     runs = plan_runs(order_sources_first(configs))  # a bad fusion source stops us here
     output_dir = Path(configs[0].output_dir)
@@ -212,7 +213,7 @@ def main(argv: list[str]) -> int:
         if arg.startswith("--only="):
             only = arg.split("=", 1)[1].split(",")
             rest.remove(arg)
-    configs = train.experiment_configs(path, train.parse_overrides(rest))
+    configs = config.experiment_configs(path, config.parse_overrides(rest))
     if len({c.output_dir for c in configs}) > 1:
         sys.exit(f"{path}: output_dir must be the same for every experiment of a sweep")
     if only:

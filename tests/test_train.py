@@ -12,6 +12,7 @@ import torch
 from conftest import make_sentences, make_tiny_bert, write_corpus, write_iob
 from safetensors.torch import load_file
 
+import config
 import train
 
 # ------------------------------------------------------------------ configuration
@@ -26,7 +27,7 @@ def write_yaml(tmp_path, text: str):
 def test_experiments_inherit_top_level_defaults(tmp_path):
     path = write_yaml(tmp_path, "lr: 5e-5\nepochs: 2\nexperiments:\n"
                                 "  - {name: a}\n  - {name: b, lr: 1e-3, fp16: true}\n")
-    a, b = train.experiment_configs(path)
+    a, b = config.experiment_configs(path)
     assert (a.name, a.lr, a.epochs, a.precision) == ("a", 5e-5, 2, "fp32")
     assert (b.name, b.lr, b.epochs, b.precision) == ("b", 1e-3, 2, "fp16")
 
@@ -48,28 +49,28 @@ def test_experiments_inherit_top_level_defaults(tmp_path):
 ])
 def test_config_errors_name_the_file_and_key(tmp_path, text, words):
     path = write_yaml(tmp_path, text)
-    with pytest.raises(train.ConfigError) as error:
-        train.experiment_configs(path)
+    with pytest.raises(config.ConfigError) as error:
+        config.experiment_configs(path)
     assert str(path) in str(error.value) and words in str(error.value)
 
 
 def test_command_line_overrides_are_typed(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - {name: a, lr: 1e-4}\n")
-    [cfg] = train.experiment_configs(path, train.parse_overrides(["--lr=3e-4", "--epochs=7",
+    [cfg] = config.experiment_configs(path, config.parse_overrides(["--lr=3e-4", "--epochs=7",
                                                                   "--gpu=-1"]))
     assert (cfg.lr, cfg.epochs, cfg.gpu) == (3e-4, 7, -1)
-    with pytest.raises(train.ConfigError, match="expected --key=value"):
-        train.parse_overrides(["--lr"])
-    with pytest.raises(train.ConfigError, match="unknown key 'nope'"):
-        train.experiment_configs(path, {"nope": 1})
+    with pytest.raises(config.ConfigError, match="expected --key=value"):
+        config.parse_overrides(["--lr"])
+    with pytest.raises(config.ConfigError, match="unknown key 'nope'"):
+        config.experiment_configs(path, {"nope": 1})
 
 
 def test_every_config_key_has_a_why_comment():
-    source = Path(train.__file__).read_text().split("class Config:")[1].split("class ConfigError")[0]
+    source = Path(config.__file__).read_text().split("class Config:")[1].split("class ConfigError")[0]
     lines = source.splitlines()
     fields = [(line, previous) for line, previous in zip(lines[1:], lines)
               if line.startswith("    ") and ":" in line and "=" in line]
-    assert len(fields) == len(train.Config.__dataclass_fields__)
+    assert len(fields) == len(config.Config.__dataclass_fields__)
     undocumented = [f for f, previous in fields if "#" not in f
                     and not previous.strip().startswith("#")
                     and f.split(":")[0].strip() not in ("batch_size", "epochs", "output_dir")]
@@ -115,7 +116,7 @@ def test_tagger_emissions_come_from_each_words_first_subword():
 
 def test_no_weight_decay_on_biases_and_layer_norms():
     tagger = train.Tagger(make_tiny_bert(), num_tags=3, dropout=0.0)
-    decay, no_decay = train.param_groups(tagger, train.Config(weight_decay=0.1))
+    decay, no_decay = train.param_groups(tagger, config.Config(weight_decay=0.1))
     names = {id(p): n for n, p in tagger.named_parameters()}
     assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in no_decay["params"])
     assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)]
@@ -125,18 +126,18 @@ def test_no_weight_decay_on_biases_and_layer_norms():
 
 def test_model_by_package_and_missing_package():
     assert train.resolve_model("some/hub-id") == "some/hub-id"
-    with pytest.raises(train.ConfigError, match="not installed"):
+    with pytest.raises(config.ConfigError, match="not installed"):
         train.resolve_model("package:no_such_package_here")
 
 
 # ------------------------------------------------------------------ whole runs
 
 
-def tiny_config(tmp_path, encoder, corpus, **overrides) -> train.Config:
+def tiny_config(tmp_path, encoder, corpus, **overrides) -> config.Config:
     values = {"model": str(encoder), "dataset": str(corpus), "gpu": -1, "epochs": 2, "lr": 3e-3,
               "batch_size": 8, "output_dir": str(tmp_path / "out"), "warmup_ratio": 0.0,
               "dropout": 0.0, "lr_scheduler_type": "constant", "log_every": 2}
-    return train.make_config({**values, **overrides}, "test")
+    return config.make_config({**values, **overrides}, "test")
 
 
 def test_tiny_model_overfits_a_tiny_corpus(tmp_path, tiny_encoder):
@@ -318,7 +319,7 @@ def test_crf_run_trains_its_scores_at_crf_lr_and_decodes_valid_bio(tmp_path, tin
 
 def test_readme_documents_every_config_key():
     readme = (Path(train.__file__).parent / "README.md").read_text()
-    keys = list(train.Config.__dataclass_fields__) + [
-        f"aug.{k}" for k in train.AugConfig.__dataclass_fields__]
+    keys = list(config.Config.__dataclass_fields__) + [
+        f"aug.{k}" for k in config.AugConfig.__dataclass_fields__]
     missing = [k for k in keys if f"| `{k}` |" not in readme]
     assert not missing
