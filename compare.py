@@ -1,6 +1,6 @@
 """The sweep: every experiment of a config, `repeats` seeds each, and one table at the end.
 
-    python compare.py configs/bc5cdr.yml [--only NAME,NAME] [--key=value ...]
+    python compare.py configs/bc5cdr.yml [--only=NAME,NAME] [--key=value ...]
 
 Each run is `train.train(cfg)` in this process. After every run its metrics are appended to
 `<output_dir>/results.jsonl` and the table so far is printed and written (`summary.md`,
@@ -206,7 +206,7 @@ def compare(configs: list[config.Config]) -> tuple[list[dict], list[str]]:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0].startswith("--"):
-        sys.exit("usage: python compare.py CONFIG.yml [--only NAME,NAME] [--key=value ...]")
+        sys.exit("usage: python compare.py CONFIG.yml [--only=NAME,NAME] [--key=value ...]")
     path, rest = argv[0], argv[1:]
     only = None
     for arg in list(rest):
@@ -220,6 +220,8 @@ def main(argv: list[str]) -> int:
         unknown = sorted(set(only) - {c.name for c in configs})
         if unknown:
             sys.exit(f"{path}: --only names unknown experiments {unknown}")
+        # A chosen fusion brings its sources along (skipped if they already finished).
+        only += [a for c in configs if c.name in only and c.method == "fusion" for a in c.adapters]
         configs = [c for c in configs if c.name in only]
     rows, failed = compare(configs)
     print("\nSummary\n" + ascii_table(rows))

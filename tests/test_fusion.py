@@ -224,6 +224,9 @@ def test_sweep_trains_sources_first_then_fuses(tmp_path, tiny_encoder, domain_co
     assert 0 < by_name["fused-svd"]["svd_relative_error_max"] < 1
     assert set(by_name["fused-fixed"]["test"]["per_type"]) == {"Chemical", "Disease"}
 
+    # Choosing one fusion brings its (already finished) sources along.
+    assert compare.main([str(path), "--only=fused-learned"]) == 0
+
 
 def test_missing_or_incompatible_source_fails_before_training(tmp_path, tiny_encoder,
                                                               domain_corpora):

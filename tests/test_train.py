@@ -323,3 +323,18 @@ def test_readme_documents_every_config_key():
         f"aug.{k}" for k in config.AugConfig.__dataclass_fields__]
     missing = [k for k in keys if f"| `{k}` |" not in readme]
     assert not missing
+
+
+@pytest.mark.parametrize("name", ["demo_cpu", "bc5cdr", "ncbi_disease", "bc5cdr_minilm_cpu",
+                                  "bc5cdr_aug_cpu"])
+def test_shipped_configs_are_valid(name):
+    configs = config.experiment_configs(Path(train.__file__).parent / "configs" / f"{name}.yml")
+    assert configs and all(c.method in config.METHODS for c in configs)
+    if name == "bc5cdr":
+        by_name = {c.name: c for c in configs}
+        assert {"full", "lora-r8", "lora-r16", "lora-r32", "lora-r64", "lora-r16-crf",
+                "lora-aug", "lora-r32-cosine"} <= set(by_name)
+        seed_block = by_name["lora-r32-cosine"]
+        assert (seed_block.rank, seed_block.lr, seed_block.lr_scheduler_type,
+                seed_block.warmup_steps) == (32, 5e-5, "cosine", 300)
+        assert by_name["full"].precision == "fp16"
