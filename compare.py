@@ -75,14 +75,15 @@ def order_sources_first(configs: list[config.Config]) -> list[config.Config]:
 
 
 def finished_metrics(cfg: config.Config) -> dict | None:
-    """The metrics of an earlier identical run, if it finished."""
+    """The metrics of an earlier identical run, if it finished. `repeats` says how many runs
+    a sweep makes, not what one run does, so it may differ."""
     folder = train.run_dir(cfg)
     try:
         saved = json.loads((folder / "config.json").read_text())
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    return metrics if saved == dataclasses.asdict(cfg) else None
+    return metrics if {**saved, "repeats": cfg.repeats} == dataclasses.asdict(cfg) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,10 +36,13 @@ def test_sweep_writes_table_and_files_then_resumes(tmp_path, tiny_encoder, tiny_
     markdown = (out / "summary.md").read_text()
     assert markdown.count("\n") == 4 and "| full-b |" in markdown
 
-    # Rerunning the same sweep trains nothing again.
+    # Rerunning the same sweep trains nothing again; more repeats train only the new seeds.
     assert compare.main([str(path)]) == 0
     assert capsys.readouterr().out.count("already finished") == 3
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
+    assert compare.main([str(path), "--only=full-b", "--repeats=2"]) == 0
+    assert capsys.readouterr().out.count("already finished") == 1
+    assert json.loads((out / "results.jsonl").read_text().splitlines()[-1])["seed"] == 4
 
 
 def test_a_failing_run_keeps_the_finished_ones(tmp_path, tiny_encoder, tiny_corpus, capsys):
