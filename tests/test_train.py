@@ -12,6 +12,7 @@ import torch
 from conftest import make_sentences, make_tiny_bert, write_corpus, write_iob
 from safetensors.torch import load_file
 
+import compare
 import config
 import train
 
@@ -330,6 +331,8 @@ def test_readme_documents_every_config_key():
 def test_shipped_configs_are_valid(name):
     configs = config.experiment_configs(Path(train.__file__).parent / "configs" / f"{name}.yml")
     assert configs and all(c.method in config.METHODS for c in configs)
+    ordered = compare.order_sources_first(configs)  # fusion sources exist and fit
+    assert sorted(c.name for c in ordered) == sorted(c.name for c in configs)
     if name == "bc5cdr":
         by_name = {c.name: c for c in configs}
         assert {"full", "lora-r8", "lora-r16", "lora-r32", "lora-r64", "lora-r16-crf",
