@@ -1,234 +1,470 @@
-"""The sweep: every experiment of a config, `repeats` seeds each, and one table at the end.
+"""The comparison: every experiment of a config × its seeds, and one table at the end.
 
-    python compare.py configs/bc5cdr.yml [--only=NAME,NAME] [--key=value ...]
+    python compare.py configs/bc5cdr.yml [--parallel=N] [--only=A,B] [--shard=K/N]
+                                         [--report] [--dry-run] [--debug] [--key=value ...]
 
-Each run is `train.train(cfg)` in this process. After every run its metrics are appended to
-`<output_dir>/results.jsonl` and the table so far is printed and written (`summary.md`,
-`summary.csv`), so a crash mid-sweep loses no finished run. A run whose `metrics.json` already
-exists with the same resolved config is not trained again: rerunning a sweep resumes it.
-A run that fails is reported, the sweep goes on, and the exit status says so.
+First everything is checked: every experiment's config, every corpus the sweep reads, every
+fusion's sources. Any problem is one line (file:line or key, and what was expected), and the
+sweep stops with status 2 before anything trains. Then sweep.py runs what is not finished yet,
+each run in its own process; the table is rebuilt from the runs' records after every run, so a
+crash loses no finished run and never shows a stale one.
+
+The table is honest about the protocol: each gridded experiment's combination with the best
+mean devel F1 is marked (test figures are shown for every combination but never choose), and
+every experiment's ΔF1 against the baseline comes with a paired bootstrap interval and p-value
+over the test sentences (significance.py).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import statistics
 import sys
-import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import config
-import fusion
-import train
+import significance
+import sweep
+from files import run_dir, write_atomic
+
+USAGE = """usage: python compare.py CONFIG.yml [options] [--key=value ...]
+
+Run every experiment of CONFIG.yml, `repeats` seeds each, and write one table
+(<output_dir>/summary.md, summary.csv, results.jsonl, pareto.png, curves.png).
+
+options:
+  --parallel=N   N runs at once: sharing one GPU, spread over `gpu: [..]` or
+                 CUDA_VISIBLE_DEVICES, or dividing the CPU cores (default 1)
+  --only=A,B     run only these experiments (a fusion brings its sources); the
+                 table keeps every experiment's finished runs
+  --shard=K/N    run the K-th (1..N) of N disjoint slices of the runs (a fusion
+                 stays with its sources): one Slurm array task each
+  --report       build the table from the records that exist; train nothing
+  --dry-run      print the planned runs (device, finished or not); train nothing
+  --debug        show a traceback for bad input instead of one line per problem
+  --key=value    override a config key for every experiment (YAML value:
+                 --lr=3e-4, --targets=[query,value], --baseline=full)
+  -h, --help     this text and every config key
+"""
 
 # ---------------------------------------------------------------------------------------------
-# Planning
+# Checking everything before anything trains
 
 
-def plan_runs(configs: list[config.Config]) -> list[config.Config]:
-    """One config per (experiment, seed): seeds seed, seed+1, ..., seed+repeats-1."""
-    return [dataclasses.replace(cfg, seed=cfg.seed + i) for cfg in configs
-            for i in range(cfg.repeats)]
+def check_inputs(configs: list[config.Config]) -> tuple[list[str], dict]:
+    """Problems (one line each) with the corpora, encoders and fusion sources the sweep
+    needs, and each corpus's split paths by (dataset, data_dir)."""
+    import data
+    from model import resolve_model
 
-
-def source_problem(source: config.Config, cfg: config.Config) -> str | None:
-    """Why `source` cannot feed the fusion experiment `cfg`, or None."""
-    if source.method != "lora":
-        return f"method is {source.method!r}, not 'lora'"
-    if source.model != cfg.model:
-        return f"model {source.model!r} differs from {cfg.model!r}"
-    needed = set(range(cfg.seed, cfg.seed + cfg.repeats))
-    have = set(range(source.seed, source.seed + source.repeats))
-    if not needed <= have:
-        return f"it runs seeds {sorted(have)}, the fusion needs {sorted(needed)}"
-    return None
-
-
-def order_sources_first(configs: list[config.Config]) -> list[config.Config]:
-    """Check every fusion experiment's sources before anything trains, and put the experiments
-    they name first, so each source adapter exists when its fusion runs."""
-    by_name = {c.name: c for c in configs}
-    sources = set()
+    problems = sweep.fusion_problems(configs)
+    paths = {}
     for cfg in configs:
-        if cfg.method != "fusion":
+        key = (cfg.dataset, cfg.data_dir)
+        if key not in paths:
+            try:
+                corpus = data.load_corpus(cfg.dataset, cfg.data_dir or None, cfg.train_limit,
+                                          cfg.eval_limit, cfg.allow_unseen_tags)
+                paths[key] = corpus.paths
+            except (OSError, ValueError) as error:
+                paths[key] = None
+                problems.append(f"experiment {cfg.name!r}: {error}")
+        try:
+            folder = resolve_model(cfg.model)
+        except config.ConfigError as error:
+            problems.append(f"experiment {cfg.name!r}: {error}")
             continue
-        for name in cfg.adapters:
-            if Path(name).is_dir():
-                fusion.load_source_adapter(name)  # a saved adapter: readable now, or an error
-                continue
-            source = by_name.get(name)
-            if source is None:
-                raise config.ConfigError(
-                    f"experiment {cfg.name!r}: adapter {name!r} is neither an experiment of "
-                    f"this sweep ({', '.join(by_name)}) nor a run folder")
-            problem = source_problem(source, cfg)
-            if problem:
-                raise config.ConfigError(f"experiment {cfg.name!r}: source {name!r}: {problem}")
-            sources.add(name)
-        targets = {tuple(by_name[n].targets) for n in cfg.adapters if n in by_name}
-        if len(targets) > 1:
-            raise config.ConfigError(f"experiment {cfg.name!r}: its sources adapt different "
-                                    f"linears: {sorted(targets)}")
-    return [c for c in configs if c.name in sources] + \
-        [c for c in configs if c.name not in sources]
-
-
-def finished_metrics(cfg: config.Config) -> dict | None:
-    """The metrics of an earlier identical run, if it finished. `repeats` says how many runs
-    a sweep makes, not what one run does, so it may differ."""
-    folder = train.run_dir(cfg)
-    try:
-        saved = json.loads((folder / "config.json").read_text())
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return metrics if {**saved, "repeats": cfg.repeats} == dataclasses.asdict(cfg) else None
+        if folder.startswith((".", "/", "~")) and not Path(folder).expanduser().is_dir():
+            problems.append(f"experiment {cfg.name!r}: model {cfg.model!r}: no such folder")
+    return list(dict.fromkeys(problems)), paths
 
 
 # ---------------------------------------------------------------------------------------------
 # The table
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean, and the sample std (None for one value: there is no spread to report)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarise(configs: list[config.Config], results: list[dict]) -> list[dict]:
-    """One row per experiment that has at least one finished run, in config order."""
+def grid_groups(configs: list[config.Config]) -> dict[str, list[str]]:
+    """Experiments expanded from one gridded block, by the block's name."""
+    groups: dict[str, list[str]] = {}
+    for cfg in configs:
+        if cfg.grid:
+            groups.setdefault(cfg.name.split("[", 1)[0], []).append(cfg.name)
+    return groups
+
+
+def test_counts(runs: list[dict]) -> list:
+    """Per-run (S, 3) entity counts of the test predictions, in seed order."""
+    return [significance.sentence_counts(*significance.read_predictions(
+        Path(r["run_dir"]) / "predictions.txt")) for r in sorted(runs, key=lambda r: r["seed"])]
+
+
+def summarise(configs: list[config.Config], finished: dict[str, list[dict]],
+              failures: dict[str, list[str]], settings: config.SweepSettings) -> list[dict]:
+    """One row per experiment with a finished or failed run, in config order."""
     rows = []
     for cfg in configs:
-        runs = [r for r in results if r["name"] == cfg.name]
-        if not runs:
+        runs = finished.get(cfg.name, [])
+        row = {"experiment": cfg.name, "method": cfg.method, "lr": cfg.lr, "runs": len(runs),
+               "failed": failures.get(cfg.name, []), "selected_on_devel": False,
+               "delta_f1": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None}
+        if not runs and not row["failed"]:
             continue
-        f1, f1_std = mean_std([r["test"]["f1"] for r in runs])
-        types = sorted({t for r in runs for t in r["test"]["per_type"]})
-        row = {
-            "experiment": cfg.name, "method": cfg.method, "runs": len(runs),
-            "f1": f1, "f1_std": f1_std,
-            "precision": mean_std([r["test"]["precision"] for r in runs])[0],
-            "recall": mean_std([r["test"]["recall"] for r in runs])[0],
-            "per_type_f1": {t: mean_std([r["test"]["per_type"].get(t, {}).get("f1", 0.0)
-                                         for r in runs])[0] for t in types},
-            "trainable_params": runs[0]["trainable_params"],
-            "trainable_percent": 100 * runs[0]["trainable_params"] / runs[0]["total_params"],
-            "train_seconds": mean_std([r["train_seconds"] for r in runs])[0],
-            "tokens_per_second": mean_std([r["tokens_per_second"] for r in runs])[0],
-            "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
-            "peak_memory_kind": runs[0]["peak_memory_kind"],
-        }
+        if runs:
+            f1, f1_std = mean_std([r["test"]["f1"] for r in runs])
+            types = sorted({t for r in runs for t in r["test"]["per_type"]})
+            row.update({
+                "f1": f1, "f1_std": f1_std,
+                "devel_f1": mean_std([r["devel"]["f1"] for r in runs])[0],
+                "precision": mean_std([r["test"]["precision"] for r in runs])[0],
+                "recall": mean_std([r["test"]["recall"] for r in runs])[0],
+                "per_type_f1": {t: mean_std([r["test"]["per_type"].get(t, {}).get("f1", 0.0)
+                                             for r in runs])[0] for t in types},
+                "trainable_params": runs[0]["trainable_params"],
+                "trainable_percent": 100 * runs[0]["trainable_params"] / runs[0]["total_params"],
+                "setup_seconds": mean_std([r["setup_seconds"] for r in runs])[0],
+                "train_seconds": mean_std([r["train_seconds"] for r in runs])[0],
+                "tokens_per_second": mean_std([r["tokens_per_second"] for r in runs])[0],
+                "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
+                "peak_memory_kind": runs[0]["peak_memory_kind"]})
         rows.append(row)
+    by_name = {r["experiment"]: r for r in rows}
+    for members in grid_groups(configs).values():  # the devel choice; test never takes part
+        scored = [by_name[m] for m in members if m in by_name and by_name[m]["runs"]]
+        if scored:
+            max(scored, key=lambda r: r["devel_f1"])["selected_on_devel"] = True
+    baseline = settings.baseline or configs[0].name
+    group = grid_groups(configs).get(baseline)
+    if group:
+        baseline = next((m for m in group if m in by_name and by_name[m]["selected_on_devel"]),
+                        group[0])
+    if finished.get(baseline):
+        base_counts = test_counts(finished[baseline])
+        for row in rows:
+            if not row["runs"]:
+                continue
+            counts = test_counts(finished[row["experiment"]])
+            if any(len(c) != len(base_counts[0]) or (c[:, 2] != base_counts[0][:, 2]).any()
+                   for c in counts):
+                continue  # another test set (e.g. a single-type corpus): nothing to pair
+            test = significance.paired_bootstrap(counts, base_counts,
+                                                 settings.bootstrap_resamples,
+                                                 settings.bootstrap_seed)
+            row.update(delta_f1=test["delta"], delta_ci_low=test["ci_low"],
+                       delta_ci_high=test["ci_high"], p_value=test["p_value"])
+    for row in rows:
+        row["baseline"] = baseline
     return rows
 
 
-def table_cells(row: dict) -> list[str]:
-    per_type = " ".join(f"{t} {f1:.3f}" for t, f1 in row["per_type_f1"].items())
-    memory = "CUDA" if row["peak_memory_kind"] == "cuda_max_allocated" else "RSS"
-    return [row["experiment"], row["method"], str(row["runs"]),
-            f"{row['f1']:.4f} ± {row['f1_std']:.4f}", f"{row['precision']:.4f}",
-            f"{row['recall']:.4f}", per_type,
-            f"{row['trainable_params']:,} ({row['trainable_percent']:.2f}%)",
-            f"{row['train_seconds']:.0f}", f"{row['tokens_per_second']:.0f}",
-            f"{row['peak_memory_mb']:.0f} ({memory})"]
+def signed(x: float) -> str:
+    return f"{x:+.4f}"
 
 
-HEADER = ["experiment", "method", "runs", "test F1 (mean ± std)", "P", "R", "per-type F1",
-          "trainable params", "train s", "tokens/s", "peak MB"]
+@dataclass
+class Column:
+    header: str
+    cell: Callable[[dict], str]
+    terminal: bool = True  # shown in the terminal table too (summary.md shows every column)
+
+
+def _f1(row: dict) -> str:
+    if not row["runs"]:
+        return "failed"
+    return f"{row['f1']:.4f}" + (f" ± {row['f1_std']:.4f}" if row["f1_std"] is not None
+                                  else " ± –")
+
+
+def _delta(row: dict) -> str:
+    if row["delta_f1"] is None:
+        return "–"
+    mark = " †" if row["p_value"] < 0.05 else ""
+    return (f"{signed(row['delta_f1'])} [{signed(row['delta_ci_low'])}, "
+            f"{signed(row['delta_ci_high'])}]{mark}")
+
+
+def _runs(row: dict) -> str:
+    return str(row["runs"]) + (f" ({len(row['failed'])} failed)" if row["failed"] else "")
+
+
+def _when(text: Callable[[dict], str]) -> Callable[[dict], str]:
+    """A cell that only finished runs can fill."""
+    return lambda row: text(row) if row["runs"] else ""
+
+
+COLUMNS = [
+    Column("experiment", lambda r: r["experiment"] + (" *" if r["selected_on_devel"] else "")),
+    Column("method", lambda r: r["method"], terminal=False),
+    Column("lr", lambda r: f"{r['lr']:g}"),
+    Column("runs", _runs),
+    Column("test F1 (mean ± std)", _f1),
+    Column("ΔF1 [95% CI]", _delta),
+    Column("p", lambda r: "–" if r["p_value"] is None else f"{r['p_value']:.3f}"),
+    Column("devel F1", _when(lambda r: f"{r['devel_f1']:.4f}")),
+    Column("P", _when(lambda r: f"{r['precision']:.4f}"), terminal=False),
+    Column("R", _when(lambda r: f"{r['recall']:.4f}"), terminal=False),
+    Column("trainable params", _when(lambda r: (
+        f"{r['trainable_params']:,} ({r['trainable_percent']:.2f}%)"))),
+    Column("setup s", _when(lambda r: f"{r['setup_seconds']:.0f}"),
+           terminal=False),
+    Column("train s", _when(lambda r: f"{r['train_seconds']:.0f}"),
+           terminal=False),
+    Column("tokens/s", _when(lambda r: f"{r['tokens_per_second']:.0f}")),
+    Column("peak MB", _when(lambda r: (
+        f"{r['peak_memory_mb']:.0f} "
+        f"{'CUDA' if r['peak_memory_kind'] == 'cuda_max_allocated' else 'RSS'}"))),
+]
+CSV_FIELDS = ["experiment", "method", "lr", "runs", "f1", "f1_std", "devel_f1", "delta_f1",
+              "delta_ci_low", "delta_ci_high", "p_value", "selected_on_devel", "precision",
+              "recall", "trainable_params", "trainable_percent", "setup_seconds",
+              "train_seconds", "tokens_per_second", "peak_memory_mb", "peak_memory_kind",
+              "baseline", "failed"]
+
+
+def footnotes(rows: list[dict]) -> list[str]:
+    notes = []
+    if rows:
+        notes.append(f"ΔF1: mean test F1 minus the baseline's ({rows[0]['baseline']}), seeds "
+                     f"paired, 95% paired bootstrap interval over test sentences; † p < 0.05; "
+                     f"– no paired test set.")
+    if any(r["selected_on_devel"] for r in rows):
+        notes.append("*: the combination of its grid with the best mean devel F1 (test F1 "
+                     "never chooses).")
+    for row in rows:
+        for failure in row["failed"]:
+            notes.append(f"failed: {row['experiment']} {failure}")
+    return notes
+
+
+def text_table(header: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in [header] + lines) for i in range(len(header))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    body = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    head = "| " + " | ".join(c.ljust(w) for c, w in zip(header, widths)) + " |"
+    return "\n".join([rule, head, rule] + body + [rule])
+
+
+def per_type_lines(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Experiments × entity types: test F1 per type (own table: many types would make the main
+    one unreadably wide)."""
+    types = sorted({t for r in rows if r["runs"] for t in r["per_type_f1"]})
+    lines = [[r["experiment"]] + [f"{r['per_type_f1'][t]:.3f}" if t in r["per_type_f1"] else "–"
+                                  for t in types] for r in rows if r["runs"]]
+    return ["experiment"] + types, lines
 
 
 def ascii_table(rows: list[dict]) -> str:
-    lines = [HEADER] + [table_cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    text = [rule]
-    for k, line in enumerate(lines):
-        text.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |")
-        if k == 0:
-            text.append(rule)
-    return "\n".join(text + [rule])
+    shown = [c for c in COLUMNS if c.terminal]
+    main = text_table([c.header for c in shown], [[c.cell(r) for c in shown] for r in rows])
+    header, lines = per_type_lines(rows)
+    per_type = text_table(header, lines) if len(header) > 1 else ""
+    return "\n".join([main] + footnotes(rows) + ["", "test F1 per entity type", per_type]
+                     if per_type else [main] + footnotes(rows))
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = [HEADER, ["---"] * len(HEADER)] + [table_cells(r) for r in rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines) + "\n"
+def markdown_table(rows: list[dict], plots: list[Path]) -> str:
+    def table(header, lines):
+        return "\n".join("| " + " | ".join(line) + " |"
+                         for line in [header, ["---"] * len(header)] + lines)
+
+    main = table([c.header for c in COLUMNS], [[c.cell(r) for c in COLUMNS] for r in rows])
+    parts = [main, ""] + [f"{note}  " for note in footnotes(rows)]
+    header, lines = per_type_lines(rows)
+    if len(header) > 1:
+        parts += ["", "Test F1 per entity type:", "", table(header, lines)]
+    parts += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    return "\n".join(parts) + "\n"
 
 
 def csv_table(rows: list[dict]) -> str:
-    import csv
-    import io
-
-    types = sorted({t for r in rows for t in r["per_type_f1"]})
-    columns = ["experiment", "method", "runs", "f1", "f1_std", "precision", "recall",
-               "trainable_params", "trainable_percent", "train_seconds", "tokens_per_second",
-               "peak_memory_mb", "peak_memory_kind"]
+    types = sorted({t for r in rows if r["runs"] for t in r["per_type_f1"]})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(columns + [f"f1_{t}" for t in types])
+    writer.writerow(CSV_FIELDS + [f"f1_{t}" for t in types])
     for row in rows:
-        writer.writerow([row[c] for c in columns] + [row["per_type_f1"].get(t, "") for t in types])
+        values = {**row, "failed": "; ".join(row["failed"])}
+        writer.writerow([values.get(c, "") if values.get(c) is not None else ""
+                         for c in CSV_FIELDS] +
+                        [row.get("per_type_f1", {}).get(t, "") for t in types])
     return buffer.getvalue()
-
-
-def write_summary(output_dir: Path, rows: list[dict]) -> None:
-    train.write_atomic(output_dir / "summary.md", markdown_table(rows))
-    train.write_atomic(output_dir / "summary.csv", csv_table(rows))
 
 
 # ---------------------------------------------------------------------------------------------
 # The sweep
 
 
-def compare(configs: list[config.Config]) -> tuple[list[dict], list[str]]:
-    """Run every planned run; the summary rows and the names of runs that failed."""
-    runs = plan_runs(order_sources_first(configs))  # a bad fusion source stops us here
-    output_dir = Path(configs[0].output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    results, failed = [], []
-    for cfg in runs:
-        metrics = finished_metrics(cfg)
-        if metrics is not None:
-            print(f"[{cfg.name} seed {cfg.seed}] already finished: test F1 "
-                  f"{metrics['test']['f1']:.4f}")
+def collect(runs: list[sweep.Run]) -> tuple[dict, dict, list[dict]]:
+    """From the records on disk: finished metrics and failure reasons per experiment, and the
+    lines of results.jsonl."""
+    finished: dict[str, list[dict]] = {}
+    failures: dict[str, list[str]] = {}
+    lines = []
+    for run in runs:
+        record = sweep.read_record(run)
+        if record is None:
+            continue
+        if record["status"] == "ok":
+            metrics = {**record["metrics"], "run_dir": str(run_dir(run.cfg))}
+            finished.setdefault(run.cfg.name, []).append(metrics)
+            lines.append({"status": "ok", "config": dataclasses.asdict(run.cfg),
+                          **record["metrics"]})
         else:
-            try:
-                metrics = train.train(cfg)
-            except Exception:  # noqa: BLE001 - one broken run must not take the finished ones with it
-                traceback.print_exc()
-                failed.append(f"{cfg.name} seed {cfg.seed}")
-                continue
-            with (output_dir / "results.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"config": dataclasses.asdict(cfg), **metrics}) + "\n")
-        results.append(metrics)
-        rows = summarise(configs, results)
-        write_summary(output_dir, rows)
-        print(ascii_table(rows))
-    return summarise(configs, results), failed
+            failures.setdefault(run.cfg.name, []).append(
+                f"seed {run.cfg.seed}: {record['reason']}")
+            lines.append({"status": "failed", "name": run.cfg.name, "seed": run.cfg.seed,
+                          "reason": record["reason"]})
+    return finished, failures, lines
+
+
+def write_summary(configs, runs, settings) -> list[dict]:
+    """Rebuild every summary file from the records: results.jsonl, summary.md/.csv, plots."""
+    output_dir = Path(configs[0].output_dir)
+    finished, failures, lines = collect(runs)
+    rows = summarise(configs, finished, failures, settings)
+    write_atomic(output_dir / "results.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    plots = []
+    if finished:
+        import plots as plotting
+
+        curves = {name: [r["devel_f1_per_epoch"] for r in sorted(rs, key=lambda r: r["seed"])]
+                  for name, rs in finished.items()}
+        plots = plotting.write_plots(output_dir, [r for r in rows if r["runs"]], curves)
+    write_atomic(output_dir / "summary.md", markdown_table(rows, plots))
+    write_atomic(output_dir / "summary.csv", csv_table(rows))
+    return rows
+
+
+def split_flags(argv: list[str]) -> tuple[dict, list[str]]:
+    """compare.py's own flags (`--flag=value` or `--flag value`), and the config overrides."""
+    flags, rest, i = {}, [], 0
+    valued = ("--parallel", "--only", "--shard")
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if name in valued:
+            if "=" in arg:
+                flags[name] = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                flags[name] = argv[i + 1]
+                i += 1
+            else:
+                raise config.ConfigError(f"command line: {name} needs a value")
+        elif arg in ("--report", "--dry-run", "--debug"):
+            flags[arg] = True
+        else:
+            rest.append(arg)
+        i += 1
+    return flags, rest
+
+
+def prepare(argv: list[str]):
+    """Everything checked and planned: (configs, settings, the runs to consider, flags)."""
+    path, (flags, rest) = argv[0], split_flags(argv[1:])
+    overrides = config.parse_overrides(rest)
+    configs = config.experiment_configs(path, overrides)
+    settings = config.sweep_settings(path, overrides)
+    problems = []
+    if len({c.output_dir for c in configs}) > 1:
+        problems.append(f"{path}: output_dir must be the same for every experiment of a sweep")
+    names = {c.name for c in configs}
+    base = settings.baseline
+    if base and base not in names and base not in grid_groups(configs):
+        problems.append(f"{path}: baseline {base!r} is not an experiment of this sweep")
+    try:
+        parallel = int(flags.get("--parallel", 1))
+        assert parallel >= 1
+    except (ValueError, AssertionError):
+        problems.append(f"command line: --parallel expects an integer >= 1, found "
+                        f"{flags['--parallel']!r}")
+        parallel = 1
+    shard = None
+    if "--shard" in flags:
+        try:
+            index, count = (int(x) for x in flags["--shard"].split("/"))
+            assert 1 <= index <= count
+            shard = (index, count)
+        except (ValueError, AssertionError):
+            problems.append(f"command line: --shard expects K/N with 1 <= K <= N, found "
+                            f"{flags['--shard']!r}")
+    only = flags["--only"].split(",") if "--only" in flags else None
+    if only and set(only) - names:
+        problems.append(f"command line: --only names unknown experiments "
+                        f"{sorted(set(only) - names)}")
+    more, paths = check_inputs(configs)
+    problems += more
+    if problems:
+        raise config.ConfigError("\n".join(problems))
+    runs = sweep.plan(configs, lambda cfg: paths[cfg.dataset, cfg.data_dir])
+    return configs, settings, runs, flags, parallel, shard, only
+
+
+def chosen_runs(runs: list[sweep.Run], only, shard) -> list[sweep.Run]:
+    if shard:
+        runs = sweep.shard(runs, *shard)
+    if only:
+        wanted = set(only)
+        wanted |= {s for r in runs if r.cfg.name in wanted for s, _ in r.sources}
+        runs = [r for r in runs if r.cfg.name in wanted]
+    return runs
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0].startswith("--"):
-        sys.exit("usage: python compare.py CONFIG.yml [--only=NAME,NAME] [--key=value ...]")
-    path, rest = argv[0], argv[1:]
-    only = None
-    for arg in list(rest):
-        if arg.startswith("--only="):
-            only = arg.split("=", 1)[1].split(",")
-            rest.remove(arg)
-    configs = config.experiment_configs(path, config.parse_overrides(rest))
-    if len({c.output_dir for c in configs}) > 1:
-        sys.exit(f"{path}: output_dir must be the same for every experiment of a sweep")
-    if only:
-        unknown = sorted(set(only) - {c.name for c in configs})
-        if unknown:
-            sys.exit(f"{path}: --only names unknown experiments {unknown}")
-        # A chosen fusion brings its sources along (skipped if they already finished).
-        only += [a for c in configs if c.name in only and c.method == "fusion" for a in c.adapters]
-        configs = [c for c in configs if c.name in only]
-    rows, failed = compare(configs)
+    if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("--"):
+        print(USAGE + "\n" + config.config_help())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        configs, settings, runs, flags, parallel, shard, only = prepare(argv)
+    except config.ConfigError as error:
+        if "--debug" in argv:
+            raise
+        print(str(error), file=sys.stderr)
+        return 2
+    mine = chosen_runs(runs, only, shard)
+    statuses = {run.key: sweep.status(run) for run in mine}
+    if flags.get("--dry-run"):
+        slots = sweep.device_slots(configs[0], parallel)
+        print(text_table(["experiment", "seed", "device", "status"], [
+            [r.cfg.name, str(r.cfg.seed), "cpu" if slots[i % parallel] < 0 else
+             f"cuda:{slots[i % parallel]}", statuses[r.key]] for i, r in enumerate(mine)]))
+        print(f"{sum(s != 'finished' for s in statuses.values())} of {len(mine)} runs to train")
+        return 0
+    if not flags.get("--report"):
+        todo = [r for r in mine if statuses[r.key] != "finished"]
+        for run in mine:
+            if statuses[run.key] == "finished":
+                print(f"[{run.label}] already finished")
+        bar = None
+        if parallel > 1 and sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(total=len(todo), desc="runs", unit="run")
+
+        def on_finish(run: sweep.Run, record: dict) -> None:
+            what = (f"test F1 {record['metrics']['test']['f1']:.4f}" if record["status"] == "ok"
+                    else f"FAILED: {record['reason']}")
+            (bar.write if bar else print)(f"[{run.label}] finished: {what}")
+            if bar:
+                bar.update(1)
+            write_summary(configs, runs, settings)
+
+        failed = sweep.execute(todo, parallel, on_finish)
+        if bar:
+            bar.close()
+    else:
+        failed = []
+    rows = write_summary(configs, runs, settings)
     print("\nSummary\n" + ascii_table(rows))
     print(f"written: {Path(configs[0].output_dir) / 'summary.md'}, summary.csv, results.jsonl")
     if failed:
-        print(f"failed runs: {', '.join(failed)}")
+        print(f"failed runs: {', '.join(r.label for r in failed)}")
         return 1
     return 0
 

@@ -23,6 +23,16 @@ Three ways to compute log Z, held equal by tests:
   loop is bound by kernel launches. Decoding has a "loop" and a "scan" (max semiring) version.
 By default (algorithm=None) CUDA tensors use the scan, others "scaled" (log Z) and "loop" (decode).
 
+Ties: both decoders return, of the best paths, the one whose tags read from the last word back
+are smallest, which is what the lowest tag index at every argmax gives (the last word's tag,
+then each back-pointer). With exact sums (integer scores, say) the loop, the scan and the tests'
+brute force return the same path; with other floats the loop and the scan add in different
+orders, so two paths within rounding of each other may come out either way.
+
+A sentence longer than the encoder's limit reaches the CRF as several windows
+(`data.make_windows`). `continues` (B,) bool marks the windows that do not begin the sentence:
+they get no start score and no start constraint (see `_masked_scores`).
+
 Optional BIO constraints (`bio_constraints`, `CRF.for_labels`) replace the scores of forbidden
 starts, transitions and ends by NEG = -1e4 in training and decoding alike, so the model puts no
 mass on invalid paths and never decodes one. NEG is finite rather than -inf so that log-sum-exp
@@ -47,7 +57,7 @@ from torch import Tensor, nn
 
 NEG = -1e4  # score of a forbidden start, transition or end; off-diagonal of a padded scan step
 ALGORITHMS = ("loop", "scaled", "scan")
-Scores = tuple[Tensor, Tensor, Tensor]  # start (K,), transitions (K, K), end (K,), NEG-masked
+Scores = tuple[Tensor, Tensor, Tensor]  # start (B, K), transitions (K, K), end (K,), NEG-masked
 
 
 def bio_constraints(labels: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
@@ -119,6 +129,7 @@ class CRF(nn.Module):
         reduction: str = "mean",
         algorithm: str | None = None,
         check_values: bool = True,
+        continues: Tensor | None = None,
     ) -> Tensor:
         """Negative log-likelihood of `tags` (B, W) under emissions (B, W, K), mask (B, W) bool.
 
@@ -126,12 +137,15 @@ class CRF(nn.Module):
         algorithm: "loop", "scaled" or "scan" for log Z; None picks (module docstring).
         check_values: check mask contents and tag range, at the cost of one host sync (on a
         GPU a stall of the pipeline); a caller that builds its masks itself can skip it.
+        continues: (B,) bool, True for a window that continues a sentence (no start score or
+        start constraint); None: every row begins its sentence.
         """
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         with _no_autocast(emissions):
-            emissions = _zero_padding(self._check(emissions, mask, tags, check_values), mask)
-            scores = self._masked_scores(emissions.dtype)
+            emissions = self._check(emissions, mask, tags, check_values, continues)
+            emissions = _zero_padding(emissions, mask)
+            scores = self._masked_scores(emissions, continues)
             log_z = _log_partition(emissions, mask, scores, algorithm)  # (B,)
             nll = log_z - _path_score(emissions, tags, mask, scores)  # (B,)
         if reduction == "none":
@@ -139,18 +153,25 @@ class CRF(nn.Module):
         return nll.mean() if reduction == "mean" else nll.sum()
 
     def log_partition(
-        self, emissions: Tensor, mask: Tensor, algorithm: str | None = None
+        self,
+        emissions: Tensor,
+        mask: Tensor,
+        algorithm: str | None = None,
+        continues: Tensor | None = None,
     ) -> Tensor:
         """log Z (B,): log-sum-exp of the scores of all tag paths (forbidden ones count NEG)."""
         with _no_autocast(emissions):
-            emissions = _zero_padding(self._check(emissions, mask), mask)
-            return _log_partition(emissions, mask, self._masked_scores(emissions.dtype), algorithm)
+            emissions = _zero_padding(self._check(emissions, mask, continues=continues), mask)
+            scores = self._masked_scores(emissions, continues)
+            return _log_partition(emissions, mask, scores, algorithm)
 
-    def score(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+    def score(
+        self, emissions: Tensor, tags: Tensor, mask: Tensor, continues: Tensor | None = None
+    ) -> Tensor:
         """Score (B,) of the tag paths `tags` (B, W); each forbidden step counts NEG."""
         with _no_autocast(emissions):
-            emissions = _zero_padding(self._check(emissions, mask, tags), mask)
-            return _path_score(emissions, tags, mask, self._masked_scores(emissions.dtype))
+            emissions = _zero_padding(self._check(emissions, mask, tags, True, continues), mask)
+            return _path_score(emissions, tags, mask, self._masked_scores(emissions, continues))
 
     @torch.no_grad()
     def decode(
@@ -160,20 +181,21 @@ class CRF(nn.Module):
         pad_tag: int = 0,
         algorithm: str | None = None,
         check_values: bool = True,
+        continues: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Viterbi: best paths (B, W) long, `pad_tag` at padded words, and their scores (B,).
 
         algorithm: "loop" or "scan"; None picks the scan on CUDA. Runs without autograd.
-        check_values: as in `nll`.
+        Ties go to the lowest tag index (module docstring). check_values, continues: as in `nll`.
         """
         if algorithm not in (None, "loop", "scan"):
             raise ValueError(f"decode algorithm must be 'loop', 'scan' or None, got {algorithm!r}")
         with _no_autocast(emissions):
-            emissions = self._check(emissions, mask, check_values=check_values)
-            start, trans, end = self._masked_scores(emissions.dtype)
+            emissions = self._check(emissions, mask, None, check_values, continues)
+            start, trans, end = self._masked_scores(emissions, continues)
             first = start + emissions[:, 0]  # (B, K)
             if algorithm == "scan" or (algorithm is None and emissions.is_cuda):
-                best, path = _viterbi_scan(first, _steps(trans, emissions, mask), end)
+                best, path = _viterbi_scan(first, trans, end, emissions, mask)
             else:
                 best, path = _viterbi_loop(first, trans, end, emissions, mask)
         return path.masked_fill(~mask, pad_tag), best  # (B, W), (B,)
@@ -181,7 +203,12 @@ class CRF(nn.Module):
     # ---- internals ----------------------------------------------------------------------------
 
     def _check(
-        self, emissions: Tensor, mask: Tensor, tags: Tensor | None = None, check_values: bool = True
+        self,
+        emissions: Tensor,
+        mask: Tensor,
+        tags: Tensor | None = None,
+        check_values: bool = True,
+        continues: Tensor | None = None,
     ) -> Tensor:
         """Validate shapes (and, if asked, masks and tags); return emissions as float32
         (float64 stays float64)."""
@@ -196,6 +223,13 @@ class CRF(nn.Module):
         if tags is not None and (tags.shape != mask.shape or tags.dtype != torch.long):
             expected, found = tuple(mask.shape), (tags.dtype, tuple(tags.shape))
             raise ValueError(f"tags must be long (B, W) = {expected}, got {found}")
+        if continues is not None and (
+            continues.shape != mask.shape[:1] or continues.dtype != torch.bool
+        ):
+            raise ValueError(
+                f"continues must be bool (B,) = {tuple(mask.shape[:1])}, "
+                f"got {continues.dtype} {tuple(continues.shape)}"
+            )
         if not check_values:
             return emissions.to(torch.promote_types(emissions.dtype, torch.float32))
         problems = [~mask[:, 0], mask[:, 1:] & ~mask[:, :-1]]  # (B,) empty, (B, W-1) 0 then 1
@@ -212,9 +246,17 @@ class CRF(nn.Module):
             raise ValueError(f"tags at unmasked words must lie in [0, {K}); some do not")
         return emissions.to(torch.promote_types(emissions.dtype, torch.float32))
 
-    def _masked_scores(self, dtype: torch.dtype) -> Scores:
-        """start (K,), transitions (K, K), end (K,); forbidden entries NEG (and zero gradient)."""
+    def _masked_scores(self, emissions: Tensor, continues: Tensor | None) -> Scores:
+        """start (B, K), transitions (K, K), end (K,) in the emissions' dtype; forbidden entries
+        NEG (and zero gradient)."""
+        dtype = emissions.dtype
         start = torch.where(self.allowed_start, self.start, NEG).to(dtype)  # (K,)
+        start = start.expand(emissions.shape[0], -1)  # (B, K)
+        if continues is not None:
+            # A window that continues a sentence begins after words it cannot see: its first tag
+            # may well be I-X, and the tag before it is unknown. Learned start scores (and the
+            # ban on starting in I-X) describe sentence starts, so such a row gets zeros.
+            start = torch.where(continues[:, None], 0.0, start)  # (B, K)
         trans = torch.where(self.allowed_transitions, self.transitions, NEG).to(dtype)  # (K, K)
         end = torch.where(self.allowed_end, self.end, NEG).to(dtype)  # (K,)
         return start, trans, end
@@ -244,7 +286,8 @@ def _path_score(emissions: Tensor, tags: Tensor, mask: Tensor, scores: Scores) -
     last = tags.gather(1, mask.sum(1, keepdim=True) - 1).squeeze(1)  # (B,) tag of last word
     emit = emissions.gather(2, tags[:, :, None]).squeeze(2)  # (B, W) 0 at padding
     step = torch.where(mask[:, 1:], trans[tags[:, :-1], tags[:, 1:]], 0.0)  # (B, W-1)
-    return start[tags[:, 0]] + emit.sum(1) + step.sum(1) + end[last]  # (B,)
+    first = start.gather(1, tags[:, :1]).squeeze(1)  # (B,) start score of each first tag
+    return first + emit.sum(1) + step.sum(1) + end[last]  # (B,)
 
 
 def _zero_padding(emissions: Tensor, mask: Tensor) -> Tensor:
@@ -347,7 +390,8 @@ class _ScaledForward(torch.autograd.Function):
         factor = torch.exp(emissions - shift)  # (W, K, B) exp(emission - shift), in (0, 1]
         weight = torch.exp(trans - trans.max())  # (K, K) exp(transition), in [0, 1]; forbidden 0
         weights = weight[:, :, None].expand(K, K, B).contiguous()  # (K, K, B) [i, j, b]
-        q = torch.exp(start - start.max())[:, None] * factor[0]  # (K, B)
+        start_max = start.amax(1)  # (B,)
+        q = torch.exp(start - start_max[:, None]).T * factor[0]  # (K, B)
         s = q.sum(0, keepdim=True)  # (1, B)
         p = q / s  # (K, B) p[j, b]: rescaled score of all paths over words 0..t ending in j
         ps, ss = [p], [s]
@@ -365,7 +409,7 @@ class _ScaledForward(torch.autograd.Function):
         log_z = (
             torch.where(mask.T, torch.log(S) + shift[:, 0], 0.0).sum(0)
             + (lengths - 1) * trans.max()
-            + start.max()
+            + start_max
             + torch.log(s_end)
             + end.max()
         )  # (B,)
@@ -401,7 +445,7 @@ class _ScaledForward(torch.autograd.Function):
         return (
             marginal.permute(2, 0, 1).to(dtype),  # (B, W, K)
             None,
-            marginal[0].sum(1).to(dtype),
+            marginal[0].T.to(dtype),  # (B, K)
             (weight * pairs).to(dtype),  # pairwise marginals: p[i] * weight[i, j] * u[j]
             last.to(dtype),
         )
@@ -447,29 +491,52 @@ def _forward_scan(first: Tensor, steps: Tensor, end: Tensor) -> Tensor:
     return torch.logsumexp(total.flatten(1), dim=1)  # (B,)
 
 
-def _viterbi_scan(first: Tensor, steps: Tensor, end: Tensor) -> tuple[Tensor, Tensor]:
-    """Best score (B,) and path (B, W) by combining step matrices pairwise in the max semiring.
+def _viterbi_scan(
+    first: Tensor, trans: Tensor, end: Tensor, emissions: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Best score (B,) and path (B, W) by Viterbi in O(log W) depth, ties broken as the loop's.
 
-    Each level keeps, for every (start tag, end tag) of a span, the best tag at its midpoint;
-    the backtrace then fills in the midpoints top-down, one gather per level.
+    Three passes, none sequential over words:
+    1. the loop's scores delta_t for every word, by a prefix scan in the max semiring (Blelloch
+       1990): step matrices are combined pairwise up a tree, then the scores at the start of
+       each span are passed down it (a right half starts where its left sibling ends);
+    2. every back-pointer at once: the best tag at word t for each tag at word t+1;
+    3. the backtrace by pointer doubling: composing the back-pointer maps of words t, t+1, ...
+       takes log W rounds of one gather each.
+    Keeping the best midpoint tag of each span instead, and filling the path in top-down, would
+    break ties by the shape of the span tree rather than by the loop's rule.
     """
-    W, K = steps.shape[1] + 1, first.shape[1]
+    B, W, K = emissions.shape
     if W == 1:  # one-word batch: no steps
-        best, tag = (first + end).max(dim=1, keepdim=True)  # (B, 1), (B, 1)
-        return best.squeeze(1), tag
-    steps = _pad(steps)  # (B, n, K, K), n a power of two
-    middles = []
-    while steps.shape[1] > 1:
-        left, right = steps[:, 0::2], steps[:, 1::2]  # (B, n/2, K, K) each
-        # steps[b, m, i, j]: best score of a path from tag i at the start of span m to tag j
-        # at its end; middle[b, m, i, j]: the tag at the span's midpoint on that path.
-        steps, middle = (left[..., :, :, None] + right[..., None, :, :]).max(dim=-2)
-        middles.append(middle)
-    total = first[:, :, None] + steps[:, 0] + end[None, None, :]  # (B, K, K) [b, first, last]
-    best, flat = total.flatten(1).max(dim=1)  # (B,), (B,)
-    bounds = torch.stack([flat // K, flat % K], dim=1)  # (B, 2) tags at both ends
-    for middle in reversed(middles):  # (B, m, K, K), with m + 1 known span bounds
-        left, right = bounds[:, :-1], bounds[:, 1:]  # (B, m) each
-        mid = middle.flatten(2).gather(2, (left * K + right)[:, :, None]).squeeze(2)  # (B, m)
-        bounds = torch.cat([torch.stack([left, mid], 2).flatten(1), bounds[:, -1:]], dim=1)
-    return best, bounds[:, :W]  # (B,), (B, W)
+        final = first + end  # (B, K)
+        return final.amax(dim=1), final.argmax(dim=1, keepdim=True)  # (B,), (B, 1)
+    # 1. Up the tree: levels[l][b, m, i, j] is the best score of a path from tag i at the start
+    # of span m (2^l steps) to tag j at its end.
+    levels = [_pad(_steps(trans, emissions, mask))]  # (B, n, K, K), n a power of two
+    while levels[-1].shape[1] > 1:
+        left, right = levels[-1][:, 0::2], levels[-1][:, 1::2]  # (B, n/2, K, K) each
+        levels.append((left[..., :, :, None] + right[..., None, :, :]).amax(dim=-2))
+    # Down the tree: at[b, m, j] is the best score of words 0..s ending in tag j, s the first
+    # word of span m; at the bottom, span t starts at word t, so at[:, t] is delta_t.
+    at = first[:, None, :]  # (B, 1, K): the one top span starts at word 0
+    for level in reversed(levels[:-1]):  # level (B, 2m, K, K), at (B, m, K)
+        right = (at[..., :, None] + level[:, 0::2]).amax(dim=-2)  # (B, m, K) after left halves
+        at = torch.stack([at, right], dim=2).flatten(1, 2)  # (B, 2m, K)
+    # 2. back[b, t, j]: best tag at word t before tag j at word t+1, the lowest on ties.
+    best_in, back = (at[:, : W - 1, None, :] + trans.T).max(dim=-1)  # (B, W-1, K) each
+    deltas = torch.cat([first[:, None], best_in + emissions[:, 1:]], dim=1)  # (B, W, K)
+    last = mask.sum(1) - 1  # (B,) index of each sentence's last word
+    final = deltas.gather(1, last[:, None, None].expand(B, 1, K)).squeeze(1) + end  # (B, K)
+    best, tag = final.amax(dim=1), final.argmax(dim=1)  # (B,), (B,) at the last word
+    # 3. follow[b, t, j]: the tag at word t given tag j at word t+1 (a map K -> K; at t = W-1
+    # from a word past the end). From the last word on it is the constant `tag`, so the path at
+    # word t is follow_t(follow_t+1(... follow_W-1(anything))).
+    after = torch.arange(W, device=mask.device)[None, :] >= last[:, None]  # (B, W)
+    follow = torch.cat([back, back[:, -1:]], dim=1)  # (B, W, K)
+    follow = torch.where(after[:, :, None], tag[:, None, None], follow)  # (B, W, K)
+    span = 1
+    while span < W:  # now follow[:, t] composes the maps of words t .. t + span - 1
+        composed = follow[:, :-span].gather(2, follow[:, span:])  # (B, W - span, K)
+        follow = torch.cat([composed, follow[:, -span:]], dim=1)  # (B, W, K)
+        span *= 2
+    return best, follow[:, :, 0]  # (B,), (B, W)

@@ -5,13 +5,16 @@ The path from a corpus folder to model inputs:
 1. `read_iob` parses `token<TAB>tag` lines (blank line between sentences) with errors that name
    the file and line. `find_corpus` locates `{train,devel,test}.tsv` in a data directory, or
    downloads the known public corpora through 🤗 `datasets` when no directory is given.
-2. `build_labels` fixes the label set from the training split: `O`, then `B-`/`I-` of every
-   entity type, in sorted order, so it is the same whatever order the file lists mentions in.
+2. `build_labels` fixes the label set from the whole training file: `O`, then `B-`/`I-` of
+   every entity type, in sorted order, so it is the same whatever order the file lists mentions
+   in, and whatever `train_limit` keeps.
 3. `tokenize_sentences` runs the encoder's fast tokenizer once per split and keeps the subword
    pieces of every word. A model sees words through their first subword.
 4. `make_windows` cuts a sentence longer than the encoder's limit into consecutive windows at
    word boundaries, so every word is seen and evaluated; nothing is truncated. (A single word
    longer than a whole window keeps only its first pieces; its first subword is still there.)
+   A window after the first is flagged `continues`: it may begin inside a mention, with I-X,
+   so the CRF must not score its first tag as a sentence start.
 5. `length_grouped_batches` + `collate` group windows of similar length (little padding) and pad
    each batch to a multiple of 16 on a GPU (fewer distinct shapes for its kernel caches).
 6. `EntitySwapper` (entity-swap augmentation, at the end) makes fresh variants of the training
@@ -68,9 +71,13 @@ def read_iob(path: str | Path) -> list[Sentence]:
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            line = line.rstrip("\r\n")
+    with path.open("rb") as lines:  # bytes, so that a decoding error can name its line
+        for number, raw in enumerate(lines, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({error.reason} at byte "
+                                 f"{error.start} of the line)") from error
             if not line.strip():
                 if tokens:
                     sentences.append(Sentence(tokens, tags))
@@ -173,15 +180,19 @@ class Corpus:
 
 def load_corpus(dataset: str, data_dir: str | None = None, train_limit: int = 0,
                 eval_limit: int = 0, allow_unseen_tags: bool = False) -> Corpus:
-    """Read the three splits; limits keep only the first N sentences (0 = all)."""
+    """Read the three splits; limits keep only the first N sentences (0 = all).
+
+    The labels come from the whole training file, before `train_limit` slices it: a small slice
+    may lack a rare type that devel and test have, which would stop the run (or, with
+    allow_unseen_tags, score it as missed), and the label set would change with the limit."""
     paths = find_corpus(dataset, data_dir)
     splits = {split: read_iob(path) for split, path in paths.items()}
+    labels = build_labels(splits["train"])
     if train_limit:
         splits["train"] = splits["train"][:train_limit]
     if eval_limit:
         splits["devel"] = splits["devel"][:eval_limit]
         splits["test"] = splits["test"][:eval_limit]
-    labels = build_labels(splits["train"])
     if not allow_unseen_tags:
         for split in ("devel", "test"):
             check_known_tags(splits[split], labels, split, paths[split])
@@ -229,6 +240,7 @@ class Window:
     tag_ids: list[int]
     sentence: int  # index of the sentence in its split
     first_word: int  # index in the sentence of this window's first word
+    continues: bool  # first_word > 0: not the sentence's start, which the CRF must know
 
 
 def make_windows(sentences: Sequence[TokenizedSentence], max_length: int, cls_id: int,
@@ -253,7 +265,8 @@ def make_windows(sentences: Sequence[TokenizedSentence], max_length: int, cls_id
                 ids.extend(word)
                 end += 1
             ids.append(sep_id)
-            windows.append(Window(ids, starts, sentence.tag_ids[start:end], index, start))
+            windows.append(Window(ids, starts, sentence.tag_ids[start:end], index, start,
+                                  continues=start > 0))
             start = end
     return windows
 
@@ -301,7 +314,8 @@ def round_up(n: int, multiple: int) -> int:
 def collate(windows: Sequence[Window], pad_id: int, max_length: int, multiple: int = 16
             ) -> dict[str, torch.Tensor]:
     """Pad a batch of windows to tensors; T and W rounded up to `multiple` (T capped at
-    max_length) so that a GPU sees few distinct shapes."""
+    max_length) so that a GPU sees few distinct shapes. `continues` (B,) marks the windows that
+    do not start their sentence (for `CRF.nll` and `CRF.decode`)."""
     T = min(round_up(max(len(w.input_ids) for w in windows), multiple), max_length)
     W = round_up(max(len(w.word_starts) for w in windows), multiple)
     B = len(windows)
@@ -310,6 +324,7 @@ def collate(windows: Sequence[Window], pad_id: int, max_length: int, multiple: i
     word_index = torch.zeros(B, W, dtype=torch.long)  # (B, W): position of each word's 1st piece
     word_mask = torch.zeros(B, W, dtype=torch.bool)  # (B, W)
     tags = torch.full((B, W), PAD_TAG, dtype=torch.long)  # (B, W)
+    continues = torch.tensor([w.continues for w in windows], dtype=torch.bool)  # (B,)
     for b, w in enumerate(windows):
         input_ids[b, :len(w.input_ids)] = torch.tensor(w.input_ids)
         attention_mask[b, :len(w.input_ids)] = 1
@@ -318,7 +333,8 @@ def collate(windows: Sequence[Window], pad_id: int, max_length: int, multiple: i
         word_mask[b, :n] = True
         tags[b, :n] = torch.tensor(w.tag_ids)
     return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "word_index": word_index, "word_mask": word_mask, "tags": tags}
+            "word_index": word_index, "word_mask": word_mask, "tags": tags,
+            "continues": continues}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +395,7 @@ class EntitySwapper:
     """Fresh swapped variants of the tokenised training split for every epoch.
 
     The bank's mentions are tokenised once; each epoch splices their subword pieces into the
-    sentences, seeded by (seed, epoch): reproducible, and new variants every epoch.
+    sentences, seeded by the epoch's seed: reproducible, and new variants every epoch.
     """
 
     def __init__(self, train: Sequence[Sentence], tokenized: Sequence[TokenizedSentence],
@@ -394,10 +410,11 @@ class EntitySwapper:
             pseudo = [Sentence(list(m), ["O"] * len(m)) for m in mentions]
             self.bank[kind] = [t.pieces for t in tokenize_sentences(pseudo, tokenizer, labels)]
 
-    def epoch(self, seed: int, epoch: int) -> list[TokenizedSentence]:
-        """copies = 0: every sentence swapped in place; copies = k: the originals plus k
-        swapped variants of each."""
-        rng = random.Random(seed * 1_000_003 + epoch)
+    def epoch(self, seed: int) -> list[TokenizedSentence]:
+        """One epoch's sentences, drawn with `seed` (the epoch's own: train.epoch_seed).
+        copies = 0: every sentence swapped in place; copies = k: the originals plus k swapped
+        variants of each."""
+        rng = random.Random(seed)
         index = {tag: i for i, tag in enumerate(self.labels)}
         result = [] if self.copies == 0 else list(self.tokenized)
         for _ in range(max(1, self.copies)):

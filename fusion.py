@@ -7,9 +7,10 @@ together with the few fusion parameters below. Two methods, each stated with its
   Concatenating the factors, A = [A_1; A_2] (r1 + r2, d_in) and B = [w_1 s_1 B_1, w_2 s_2 B_2]
   (d_out, r1 + r2), gives B A = Σ_i w_i s_i B_i A_i exactly, so the fused layer is one LoRA of
   rank r1 + r2. The weights w are fixed (from the config) or learned: one scalar per adapter per
-  wrapped linear, 2 x 48 = 96 parameters for BERT-base's attention. Once fixed, ΔW can be merged
-  into the base weight: no cost at inference. An optional truncated SVD brings ΔW back to a
-  chosen rank k (approximate; its relative Frobenius error is reported, 0 at full rank).
+  wrapped linear, 2 x 48 = 96 parameters for BERT-base's attention, starting at w_i = 1/N (the
+  average of the ΔW). Once fixed, ΔW can be merged into the base weight: no cost at inference.
+  An optional truncated SVD brings ΔW back to a chosen rank k (approximate; its relative
+  Frobenius error is reported, 0 at full rank).
   Unlike PEFT's `add_weighted_adapter(combination_type="linear")`, which averages the A's and the
   B's separately (so that B A picks up cross terms B_1 A_2), this is the weighted sum of the ΔW.
 - **Output space, learned** (`AttentionFusionLinear`): AdapterFusion (Pfeiffer et al. 2021)
@@ -20,7 +21,10 @@ together with the few fusion parameters below. Two methods, each stated with its
   parameters per wrapped linear: 1.2M for BERT-base's 48 attention linears, against ~21M for
   AdapterHub's AdapterFusion, whose query, key and value are full H x H matrices per layer. The
   values are the adapter outputs themselves (no value matrix), and the query starts at zero, so
-  training starts from the plain average of the adapters.
+  every score is 0, α_i = 1/N, and the layer starts at base(x) + (1/N) Σ_i δ_i.
+
+Both learned modes therefore start from the same function, base(x) + mean_i ΔW_i x (equal up to
+float rounding), so a comparison of the two measures what training does, not where it began.
 
 Left out: more than one adapter set per layer type, fusing adapters of different encoders, and
 fusion of full fine-tuned models.
@@ -93,7 +97,8 @@ def check_compatible(sources: Sequence[SourceAdapter], model: str) -> None:
 
 class MergedFusionLinear(nn.Module):
     """base(x) + x A.T (B diag(w ⊗ 1_r)).T: the weighted sum of the adapters' ΔW as one LoRA of
-    rank Σ r_i (weight space, exact). `weights` fixed (a buffer) or learned (a parameter)."""
+    rank Σ r_i (weight space, exact). `weights` fixed (a buffer, as given) or learned (a
+    parameter starting at 1/N each: the average of the ΔW, where attention fusion starts too)."""
 
     def __init__(self, base: nn.Linear, factors: Sequence[tuple[Tensor, Tensor, float]],
                  weights: Sequence[float] | None):
@@ -108,7 +113,8 @@ class MergedFusionLinear(nn.Module):
                                                  for i, (a, _, _) in enumerate(factors)]))
         self.learned = weights is None
         if self.learned:
-            self.weights = nn.Parameter(torch.ones(len(factors)))  # (N,): start at the plain sum
+            n = len(factors)
+            self.weights = nn.Parameter(torch.full((n,), 1.0 / n))  # (N,): the average of the ΔW
         else:
             self.register_buffer("weights", torch.tensor([float(w) for w in weights]))
         self.merged = False
@@ -159,7 +165,8 @@ class MergedFusionLinear(nn.Module):
 
 class AttentionFusionLinear(nn.Module):
     """base(x) + Σ_i α_i(x) δ_i(x), δ_i = s_i B_i A_i x, α = softmax over adapters of
-    <query(x), key(δ_i)> / sqrt(d) per token (output space, learned, not mergeable)."""
+    <query(x), key(δ_i)> / sqrt(d) per token (output space, learned, not mergeable). The query
+    starts at zero, so α = 1/N: base(x) + mean_i δ_i, a learned merge's starting point."""
 
     def __init__(self, base: nn.Linear, factors: Sequence[tuple[Tensor, Tensor, float]],
                  dim: int = 16):
@@ -175,7 +182,7 @@ class AttentionFusionLinear(nn.Module):
         self.register_buffer("B", B)
         self.query = nn.Linear(base.in_features, dim, bias=False)
         self.key = nn.Linear(base.out_features, dim, bias=False)
-        nn.init.zeros_(self.query.weight)  # α uniform at step 0: the plain average
+        nn.init.zeros_(self.query.weight)  # scores 0, α = 1/N at step 0: the plain average
 
     def adapter_outputs(self, x: Tensor) -> Tensor:
         """δ_i for every adapter: (..., N, d_out)."""

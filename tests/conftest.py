@@ -26,15 +26,17 @@ def tiny_vocab() -> list[str]:
     return SPECIAL + FILLER + letters + ["##" + c for c in letters]
 
 
-def make_tiny_bert(seed: int = 0, vocab_size: int | None = None, max_positions: int = 64) -> BertModel:
-    """A 2-layer, hidden-32 BERT with random weights (dropout off unless a test turns it on)."""
+def make_tiny_bert(seed: int = 0, vocab_size: int | None = None, max_positions: int = 64,
+                   hidden: int = 32, layers: int = 2, intermediate: int = 64) -> BertModel:
+    """A BERT with random weights, by default 2 layers of hidden size 32 (dropout off unless a
+    test turns it on). `hidden` must be a multiple of its 4 attention heads."""
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=vocab_size or len(tiny_vocab()),
-        hidden_size=32,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        intermediate_size=64,
+        intermediate_size=intermediate,
         max_position_embeddings=max_positions,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
@@ -42,13 +44,16 @@ def make_tiny_bert(seed: int = 0, vocab_size: int | None = None, max_positions: 
     return BertModel(config, add_pooling_layer=False)
 
 
-def save_tiny_encoder(folder: Path, seed: int = 0, max_length: int = 64) -> Path:
-    """Write a tiny BERT and its fast WordPiece tokenizer as a local `model:` folder."""
+def save_tiny_encoder(folder: Path, seed: int = 0, max_length: int = 64, hidden: int = 32,
+                      layers: int = 2, intermediate: int = 64) -> Path:
+    """Write a tiny BERT (sizes as in `make_tiny_bert`) and its fast WordPiece tokenizer as a
+    local `model:` folder."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {piece: i for i, piece in enumerate(tiny_vocab())}
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=max_length)
     tokenizer.save_pretrained(folder)
-    make_tiny_bert(seed, max_positions=max_length).save_pretrained(folder)
+    make_tiny_bert(seed, max_positions=max_length, hidden=hidden, layers=layers,
+                   intermediate=intermediate).save_pretrained(folder)
     return folder
 
 

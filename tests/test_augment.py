@@ -83,7 +83,7 @@ def test_p_zero_is_the_identity(tiny_encoder):
     tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
     for copies in (0, 2):
         swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.0, copies)
-        result = swapper.epoch(seed=1, epoch=0)
+        result = swapper.epoch(train.epoch_seed(1, 0))
         assert result == list(tokenized) * (copies + 1)
 
 
@@ -92,10 +92,10 @@ def test_same_seed_and_epoch_repeat_next_epoch_differs(tiny_encoder):
     train_split = sentences()
     tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
     swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.5, copies=1)
-    first = swapper.epoch(seed=3, epoch=0)
-    assert first == swapper.epoch(seed=3, epoch=0)
-    assert first != swapper.epoch(seed=3, epoch=1)
-    assert first != swapper.epoch(seed=4, epoch=0)
+    first = swapper.epoch(train.epoch_seed(3, 0))
+    assert first == swapper.epoch(train.epoch_seed(3, 0))
+    assert first != swapper.epoch(train.epoch_seed(3, 1))
+    assert first != swapper.epoch(train.epoch_seed(4, 0))
     assert first[:len(tokenized)] == tokenized  # copies=1 keeps the originals first
 
 
@@ -112,7 +112,7 @@ def test_spliced_pieces_equal_tokenising_the_swapped_sentence(which, tiny_encode
                       ["B-Chemical", "O", "B-Chemical", "O", "O", "B-Disease", "I-Disease", "O"])]
     tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
     swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.7, copies=0)
-    spliced = swapper.epoch(seed=5, epoch=2)
+    spliced = swapper.epoch(train.epoch_seed(5, 2))
     # Redo the same draws on token strings, then tokenise those sentences from scratch.
     rng = random.Random(5 * 1_000_003 + 2)
     bank = data.build_mention_bank(train_split)

@@ -1,64 +1,118 @@
-"""compare.py end to end on a tiny config: table, files, resuming, and a failing run."""
+"""compare.py's table: grids chosen on devel, paired significance, --only, files, --help."""
 
 from __future__ import annotations
 
 import csv
 import json
 
+import numpy as np
+import pytest
+from test_sweep import table, write_sweep
+
 import compare
-
-
-def write_sweep(tmp_path, encoder, corpus, experiments: str):
-    path = tmp_path / "sweep.yml"
-    path.write_text(f"model: {encoder}\ndataset: {corpus}\ngpu: -1\nepochs: 1\nbatch_size: 8\n"
-                    f"lr: 1e-3\nrepeats: 2\nseed: 3\noutput_dir: {tmp_path / 'out'}\n"
-                    f"experiments:\n{experiments}")
-    return path
+import config
 
 
 def test_sweep_writes_table_and_files_then_resumes(tmp_path, tiny_encoder, tiny_corpus, capsys):
     path = write_sweep(tmp_path, tiny_encoder, tiny_corpus,
-                       "  - {name: full-a}\n  - {name: full-b, lr: 3e-3, repeats: 1}\n")
+                       "  - {name: full-a, repeats: 2}\n  - {name: full-b, lr: 3e-3}\n")
     assert compare.main([str(path)]) == 0
     printed = capsys.readouterr().out
     assert "Summary" in printed and "test F1 (mean ± std)" in printed
     out = tmp_path / "out"
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [(r["name"], r["seed"]) for r in results] == [("full-a", 3), ("full-a", 4),
-                                                        ("full-b", 3)]
+    assert [(r["name"], r["seed"], r["status"]) for r in results] == [
+        ("full-a", 3, "ok"), ("full-a", 4, "ok"), ("full-b", 3, "ok")]
     assert results[2]["config"]["lr"] == 3e-3
-    rows = list(csv.DictReader((out / "summary.csv").open()))
+    rows = table(tmp_path)
     assert [r["experiment"] for r in rows] == ["full-a", "full-b"]
     assert rows[0]["runs"] == "2" and rows[1]["runs"] == "1"
-    f1s = [r["test"]["f1"] for r in results[:2]]
-    assert float(rows[0]["f1"]) == sum(f1s) / 2
-    assert {"f1_Chemical", "f1_Disease"} <= set(rows[0])
+    assert float(rows[0]["f1"]) == pytest.approx(sum(r["test"]["f1"] for r in results[:2]) / 2)
+    assert rows[1]["f1_std"] == ""  # one seed: no spread
+    assert {"f1_Chemical", "f1_Disease", "devel_f1", "delta_f1", "delta_ci_low",
+            "delta_ci_high", "p_value", "selected_on_devel", "lr"} <= set(rows[0])
     markdown = (out / "summary.md").read_text()
-    assert markdown.count("\n") == 4 and "| full-b |" in markdown
+    assert "| full-b |" in markdown and "0.003" in markdown and "± –" in markdown
+    assert "![pareto](pareto.png)" in markdown and (out / "pareto.png").exists()
+    assert "test F1 per entity type" in printed
 
-    # Rerunning the same sweep trains nothing again; more repeats train only the new seeds.
+    # Rerunning trains nothing; more repeats train only the new seeds.
     assert compare.main([str(path)]) == 0
     assert capsys.readouterr().out.count("already finished") == 3
-    assert len((out / "results.jsonl").read_text().splitlines()) == 3
     assert compare.main([str(path), "--only=full-b", "--repeats=2"]) == 0
-    assert capsys.readouterr().out.count("already finished") == 1
-    assert json.loads((out / "results.jsonl").read_text().splitlines()[-1])["seed"] == 4
+    printed = capsys.readouterr().out
+    assert printed.count("already finished") == 1
+    # --only keeps the other experiments' rows in the table.
+    assert [(r["experiment"], r["runs"]) for r in table(tmp_path)] == [("full-a", "2"),
+                                                                       ("full-b", "2")]
 
 
-def test_a_failing_run_keeps_the_finished_ones(tmp_path, tiny_encoder, tiny_corpus, capsys):
+def test_baseline_delta_is_zero_for_itself_and_paired_for_others(tmp_path, tiny_encoder,
+                                                                 tiny_corpus):
     path = write_sweep(tmp_path, tiny_encoder, tiny_corpus,
-                       "  - {name: good, repeats: 1}\n"
-                       "  - {name: broken, repeats: 1, dataset: /no/such/folder}\n"
-                       "  - {name: after, repeats: 1}\n")
-    assert compare.main([str(path)]) == 1
-    printed = capsys.readouterr()
-    assert "failed runs: broken seed 3" in printed.out
-    rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
-    assert [r["experiment"] for r in rows] == ["good", "after"]
+                       "  - {name: a}\n  - {name: same}\n  - {name: other, lr: 2e-2}\n",
+                       top="repeats: 2\nbaseline: a\nbootstrap_resamples: 200\n")
+    assert compare.main([str(path)]) == 0
+    rows = {r["experiment"]: r for r in table(tmp_path)}
+    for name in ("a", "same"):  # `same` is the same config: the same runs, bit for bit
+        assert (float(rows[name]["delta_f1"]), float(rows[name]["delta_ci_low"]),
+                float(rows[name]["delta_ci_high"]), float(rows[name]["p_value"])) == (0, 0, 0, 1)
+    other = rows["other"]
+    assert float(other["delta_f1"]) == pytest.approx(float(other["f1"]) - float(rows["a"]["f1"]))
+    assert float(other["delta_ci_low"]) <= float(other["delta_f1"]) <= \
+        float(other["delta_ci_high"])
+    assert all(r["baseline"] == "a" for r in rows.values())
 
 
-def test_only_selects_experiments(tmp_path, tiny_encoder, tiny_corpus):
-    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus,
-                       "  - {name: a, repeats: 1}\n  - {name: b, repeats: 1}\n")
-    assert compare.main([str(path), "--only=b"]) == 0
-    assert not (tmp_path / "out" / "a").exists() and (tmp_path / "out" / "b").exists()
+def test_grid_marks_the_best_devel_combination_and_never_uses_test(tmp_path):
+    configs = config.make_config({"name": "lora[lr=0.001]", "grid": {"lr": [1e-3, 2e-3]},
+                                  "lr": 1e-3}), \
+        config.make_config({"name": "lora[lr=0.002]", "grid": {"lr": [1e-3, 2e-3]}, "lr": 2e-3})
+
+    def run(name, devel, test):
+        return {"name": name, "seed": 1, "test": {"f1": test, "precision": 0, "recall": 0,
+                                                  "per_type": {}},
+                "devel": {"f1": devel}, "trainable_params": 1, "total_params": 1,
+                "setup_seconds": 0, "train_seconds": 1, "tokens_per_second": 1,
+                "peak_memory_mb": 1, "peak_memory_kind": "cpu_peak_rss"}
+
+    # The first combination is better on devel, the second on test: devel decides.
+    finished = {"lora[lr=0.001]": [run("lora[lr=0.001]", 0.9, 0.1)],
+                "lora[lr=0.002]": [run("lora[lr=0.002]", 0.5, 0.95)]}
+    settings = config.SweepSettings(baseline="nothing-finished")
+    rows = compare.summarise(list(configs), finished, {}, settings)
+    assert [r["selected_on_devel"] for r in rows] == [True, False]
+    assert "lora[lr=0.001] *" in compare.ascii_table(rows)
+
+
+def test_terminal_table_stays_narrow_with_many_types():
+    types = {f"Type{i}": 0.5 for i in range(16)}
+    row = {"experiment": "lora-r16-crf", "method": "lora", "lr": 2e-3, "runs": 3, "failed": [],
+           "f1": 0.8, "f1_std": 0.01, "devel_f1": 0.81, "precision": 0.8, "recall": 0.8,
+           "per_type_f1": types, "trainable_params": 296_837, "trainable_percent": 1.3,
+           "setup_seconds": 3, "train_seconds": 100, "tokens_per_second": 2000,
+           "peak_memory_mb": 900, "peak_memory_kind": "cpu_peak_rss", "selected_on_devel": False,
+           "delta_f1": 0.01, "delta_ci_low": -0.002, "delta_ci_high": 0.02, "p_value": 0.04,
+           "baseline": "full"}
+    text = compare.ascii_table([row])
+    main = text.split("\n\n")[0]
+    assert max(len(line) for line in main.splitlines() if line.startswith(("|", "+"))) <= 150
+    assert "Type15" in text and "Type15" not in main and "†" in main
+
+
+def test_help_prints_every_key(capsys):
+    assert compare.main(["--help"]) == 0
+    printed = capsys.readouterr().out
+    assert "--parallel" in printed and "--shard" in printed
+    assert all(f"  {key} (default" in printed for key in config.Config.__dataclass_fields__)
+
+
+def test_one_seed_std_shows_as_a_dash():
+    assert compare.mean_std([0.5]) == (0.5, None)
+    assert compare.mean_std([0.4, 0.6])[1] == pytest.approx(np.std([0.4, 0.6], ddof=1))
+
+
+def test_csv_has_the_protocol_columns():
+    header = next(csv.reader([compare.csv_table([]).strip()]))
+    assert {"devel_f1", "delta_f1", "delta_ci_low", "delta_ci_high", "p_value",
+            "selected_on_devel"} <= set(header)

@@ -2,11 +2,16 @@
 
 The oracle enumerates all K**n paths of a sentence with n words and scores each with the
 formula of the module docstring, read off the raw parameters; BIO validity is checked by an
-independent function here, not by `bio_constraints`. Dimensions: B batch, W words, K tags.
+independent function here, not by `bio_constraints`. Of several best paths it returns the one
+whose tags, read from the last word back, are smallest (the tie rule crf.py documents). A window
+that continues a sentence gets start score 0 and may start with any tag. Dimensions: B batch,
+W words, K tags.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 
 import pytest
@@ -48,27 +53,37 @@ def make_batch(B: int, W: int, K: int, seed: int, scale: float = 1.0):
     return emissions, tags, mask
 
 
-def is_valid_bio(path: list[int], labels: list[str]) -> bool:
-    """True if no I-X starts the path or follows anything other than B-X or I-X."""
-    previous = "O"
+def is_valid_bio(path: list[int], labels: list[str], continues: bool = False) -> bool:
+    """True if no I-X follows anything other than B-X or I-X, nor starts the path unless the
+    path continues a sentence (then the tag before it is unknown)."""
+    previous = None if continues else "O"
     for tag in path:
         label = labels[tag]
-        if label.startswith("I-") and previous[2:] != label[2:]:
+        if label.startswith("I-") and previous is not None and previous[2:] != label[2:]:
             return False
         previous = label
     return True
 
 
-def all_paths(crf: CRF, emissions: torch.Tensor, valid_only: bool = False):
+@functools.cache
+def enumerate_paths(K: int, n: int, valid_only: bool = False, continues: bool = False):
+    """Every path (P, n) of n words over K tags (the valid BIO ones if asked), ordered by their
+    tags read from the last word back: the first best path in this order is the one to return."""
+    paths = [p[::-1] for p in itertools.product(range(K), repeat=n)]  # product varies p[-1] fastest
+    if valid_only:
+        paths = [p for p in paths if is_valid_bio(p, LABELS[:K], continues)]
+    return torch.tensor(paths)  # (P, n)
+
+
+def all_paths(crf: CRF, emissions: torch.Tensor, valid_only: bool = False,
+              continues: bool = False):
     """Every path (P, n) of one sentence's emissions (n, K) and its score (P,), by enumeration."""
     n, K = emissions.shape
-    paths = torch.tensor(list(itertools.product(range(K), repeat=n)))  # (K**n, n)
-    if valid_only:
-        keep = [is_valid_bio(p.tolist(), LABELS[:K]) for p in paths]
-        paths = paths[torch.tensor(keep)]
+    paths = enumerate_paths(K, n, valid_only, continues)  # (P, n)
     with torch.no_grad():
+        start = torch.zeros_like(crf.start) if continues else crf.start
         scores = (
-            crf.start[paths[:, 0]]
+            start[paths[:, 0]]
             + emissions[torch.arange(n), paths].sum(1)
             + crf.transitions[paths[:, :-1], paths[:, 1:]].sum(1)
             + crf.end[paths[:, -1]]
@@ -76,30 +91,36 @@ def all_paths(crf: CRF, emissions: torch.Tensor, valid_only: bool = False):
     return paths, scores
 
 
-def oracle(crf: CRF, emissions, tags, mask, valid_only: bool = False):
+def first_best(scores: torch.Tensor) -> int:
+    """Index of the first of the best scores (the paths are in tie-breaking order)."""
+    return int((scores == scores.max()).nonzero()[0, 0])
+
+
+def oracle(crf: CRF, emissions, tags, mask, valid_only: bool = False, continues=None):
     """Per sentence: log Z, gold score, best path (padded with 0) and best score, (B,) each."""
     B, W, _ = emissions.shape
+    continues = torch.zeros(B, dtype=torch.bool) if continues is None else continues
     log_z, gold, best_path, best = [], [], torch.zeros(B, W, dtype=torch.long), []
     for b in range(B):
         n = int(mask[b].sum())
-        paths, scores = all_paths(crf, emissions[b, :n], valid_only)
+        paths, scores = all_paths(crf, emissions[b, :n], valid_only, bool(continues[b]))
         log_z.append(torch.logsumexp(scores, 0))
         gold_index = (paths == tags[b, :n]).all(1).nonzero()
         gold.append(scores[gold_index[0, 0]] if len(gold_index) else torch.tensor(float("nan")))
         best.append(scores.max())
-        best_path[b, :n] = paths[scores.argmax()]
+        best_path[b, :n] = paths[first_best(scores)]
     return torch.stack(log_z), torch.stack(gold).double(), best_path, torch.stack(best)
 
 
-def valid_tags(emissions, mask, seed: int) -> torch.Tensor:
+def valid_tags(emissions, mask, seed: int, continues=None) -> torch.Tensor:
     """Random valid BIO tags (B, W) for the sentences of `mask`, -100 at padding."""
     g = torch.Generator().manual_seed(seed)
     B, W, K = emissions.shape
+    continues = torch.zeros(B, dtype=torch.bool) if continues is None else continues
     tags = torch.full((B, W), -100)
     for b in range(B):
-        n = int(mask[b].sum())
-        paths = [p for p in itertools.product(range(K), repeat=n) if is_valid_bio(p, LABELS[:K])]
-        tags[b, :n] = torch.tensor(paths[int(torch.randint(len(paths), (1,), generator=g))])
+        paths = enumerate_paths(K, int(mask[b].sum()), True, bool(continues[b]))
+        tags[b, : paths.shape[1]] = paths[int(torch.randint(len(paths), (1,), generator=g))]
     return tags
 
 
@@ -150,6 +171,114 @@ def test_constraints_change_the_answer():
     assert (log_z_all - log_z_valid).abs().max() > 0.1
     unconstrained = make_crf(K, seed=0)
     assert (unconstrained.log_partition(emissions, mask) - log_z_all).abs().max() < 1e-9
+
+
+# ---- windows that continue a sentence ---------------------------------------------------------
+
+
+def test_a_window_starting_inside_a_mention_is_a_path_like_any_other():
+    """A window cut inside a mention starts with I-X. As a sentence start that is forbidden (NLL
+    ~ 1e4, gold never decoded); as a continuation the NLL is small and gold decodes."""
+    crf = make_crf(5, seed=30, constrained=True)
+    gold = torch.tensor([[2, 2, 0, 3, 4]])  # I-Chemical I-Chemical O B-Disease I-Disease
+    emissions = 10.0 * torch.nn.functional.one_hot(gold, 5).double()  # gold leads at every word
+    mask, cut = torch.ones(1, 5, dtype=torch.bool), torch.tensor([True])
+    for algorithm in ALGORITHMS:
+        assert crf.nll(emissions, gold, mask, "none", algorithm) > 5000
+        nll = crf.nll(emissions, gold, mask, "none", algorithm, continues=cut)
+        assert torch.isfinite(nll).all() and 0 <= nll.item() < 1.0
+    for algorithm in ("loop", "scan"):
+        assert torch.equal(crf.decode(emissions, mask, algorithm=algorithm, continues=cut)[0], gold)
+        assert crf.decode(emissions, mask, algorithm=algorithm)[0][0, 0] != 2
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("constrained", [False, True])
+def test_continuing_rows_equal_brute_force(algorithm, constrained):
+    K, W = 5, 5
+    crf = make_crf(K, seed=31, constrained=constrained)
+    emissions, tags, mask = make_batch(6, W, K, seed=32, scale=2.0)
+    continues = torch.tensor([True, False, True, True, False, True])
+    if constrained:  # I-X may start the continuing rows only
+        tags = valid_tags(emissions, mask, seed=33, continues=continues)
+        assert any(tags[b, 0] in (2, 4) for b in range(6) if continues[b])
+    log_z, gold, best_path, best = oracle(crf, emissions, tags, mask, constrained, continues)
+    assert_close(crf.log_partition(emissions, mask, algorithm, continues=continues), log_z)
+    assert_close(crf.score(emissions, tags, mask, continues=continues), gold)
+    nll = crf.nll(emissions, tags, mask, "none", algorithm, continues=continues)
+    assert_close(nll, log_z - gold)
+    decode_with = algorithm if algorithm != "scaled" else "loop"
+    path, score = crf.decode(emissions, mask, algorithm=decode_with, continues=continues)
+    assert torch.equal(path, best_path)
+    assert_close(score, best)
+    # Without the flag the answer differs, so the comparison above can fail.
+    plain = crf.nll(emissions, tags, mask, "none", algorithm)
+    assert (plain - nll)[continues].abs().min() > 1e-3
+    assert_close(plain[~continues], nll[~continues])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_continuing_rows_give_the_start_scores_no_gradient(algorithm):
+    crf = make_crf(5, seed=34, constrained=True)
+    emissions, _, mask = make_batch(4, 6, 5, seed=35)
+    tags = crf.decode(emissions, mask, pad_tag=-100)[0]
+    for continues, moves in ((torch.ones(4, dtype=torch.bool), False),
+                             (torch.tensor([True, False, True, True]), True)):
+        crf.zero_grad()
+        crf.nll(emissions, tags, mask, "sum", algorithm, continues=continues).backward()
+        assert (crf.start.grad.abs().sum() > 0) == moves
+        assert crf.transitions.grad.abs().sum() > 0
+
+
+def test_continues_must_be_a_bool_per_row():
+    crf, mask = CRF(3), torch.ones(2, 4, dtype=torch.bool)
+    emissions, tags = torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.long)
+    for bad in (torch.ones(3, dtype=torch.bool), torch.ones(2), torch.ones(2, 1).bool()):
+        with pytest.raises(ValueError, match=r"continues must be bool \(B,\) = \(2,\)"):
+            crf.nll(emissions, tags, mask, continues=bad)
+        with pytest.raises(ValueError, match="continues"):
+            crf.decode(emissions, mask, continues=bad)
+
+
+# ---- ties -------------------------------------------------------------------------------------
+
+
+def integer_crf(K: int, seed: int, constrained: bool) -> CRF:
+    """A float64 CRF with small integer scores: sums are exact and ties are everywhere."""
+    torch.manual_seed(seed)
+    crf = CRF.for_labels(LABELS[:K], constrained)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.copy_(torch.randint(-2, 3, p.shape))
+    return crf.double()
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_ties_give_the_same_path_in_the_loop_the_scan_and_the_brute_force(constrained):
+    """1,000 sentences of integer scores per case (2,000 in all), a quarter of them continuing
+    windows: the three return the same path, and over a third of the sentences have ties."""
+    sizes = (3, 5) if constrained else (2, 3, 4)
+    tied = 0
+    for case in range(50):
+        K = sizes[case % len(sizes)]
+        crf = integer_crf(K, seed=case, constrained=constrained)
+        g = torch.Generator().manual_seed(1000 + case)
+        emissions = torch.randint(-1, 2, (20, 5, K), generator=g).double()  # (B, W, K)
+        lengths = torch.randint(1, 6, (20,), generator=g)
+        lengths[0] = 5
+        mask = torch.arange(5)[None, :] < lengths[:, None]  # (B, W)
+        continues = torch.rand(20, generator=g) < 0.25  # (B,)
+        loop = crf.decode(emissions, mask, algorithm="loop", continues=continues)[0]
+        scan = crf.decode(emissions, mask, algorithm="scan", continues=continues)[0]
+        tags = torch.zeros(20, 5, dtype=torch.long)
+        expected = oracle(crf, emissions, tags, mask, constrained, continues)[2]
+        assert torch.equal(loop, expected), case
+        assert torch.equal(scan, expected), case
+        for b in range(20):
+            n = int(mask[b].sum())
+            scores = all_paths(crf, emissions[b, :n], constrained, bool(continues[b]))[1]
+            tied += int((scores == scores.max()).sum() > 1)
+    assert tied > 200  # of 1,000: the rule is really exercised
 
 
 # ---- batching, fast paths, gradients ----------------------------------------------------------
@@ -338,19 +467,29 @@ def test_padding_contents_are_ignored():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_emissions_compute_in_float32(dtype):
-    crf = make_crf(5, seed=16).float()
-    emissions, tags, mask = make_batch(4, 8, 5, seed=17)
+    """float32 results within 1e-5 of a float64 brute force over every path, on the emissions
+    as rounded to half precision (float32 is off by ~1e-6 here; half precision by ~1e-3)."""
+    crf = make_crf(4, seed=16).float()
+    exact = copy.deepcopy(crf).double()  # the same scores (float32 values are exact in float64)
+    emissions, tags, mask = make_batch(4, 6, 4, seed=17)
     half = emissions.to(dtype)
+    log_z, gold, best_path, best = oracle(exact, half.double(), tags, mask)
+    tolerance = {"rtol": 0, "atol": 1e-5}
     for algorithm in ALGORITHMS:
-        nll = crf.nll(half, tags, mask, algorithm=algorithm)
+        nll = crf.nll(half, tags, mask, "none", algorithm)
         assert nll.dtype == torch.float32
-        assert_close(nll, crf.nll(half.float(), tags, mask, algorithm=algorithm))
+        assert_close(nll.double(), log_z - gold, **tolerance)
     path, score = crf.decode(half, mask)
-    assert score.dtype == torch.float32 and torch.equal(path, crf.decode(half.float(), mask)[0])
+    assert score.dtype == torch.float32 and torch.equal(path, best_path)
+    assert_close(score.double(), best, **tolerance)
+    # Merely storing the true NLL in half precision misses by more than 10 times the tolerance:
+    # a computation that passed through half precision would fail the checks above.
+    assert ((log_z - gold).to(dtype).double() - (log_z - gold)).abs().max() > 1e-4
+    log_z_full, gold_full = oracle(exact, emissions.float().double(), tags, mask)[:2]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        nll = crf.nll(emissions.float(), tags, mask)
+        nll = crf.nll(emissions.float(), tags, mask, "none")
     assert nll.dtype == torch.float32
-    assert_close(nll, crf.nll(emissions.float(), tags, mask))
+    assert_close(nll.double(), log_z_full - gold_full, **tolerance)
 
 
 def test_one_word_sentences_and_pad_tag():

@@ -67,6 +67,23 @@ def test_limits_keep_first_sentences(tmp_path):
     assert corpus.train == data.read_iob(folder / "train.tsv")[:7]
 
 
+def test_labels_come_from_the_whole_training_file(tmp_path):
+    """A type that only appears after the first N training sentences still gets its tags, so a
+    train_limit that misses it neither stops the run nor changes the label set."""
+    chemical = (["aspirin", "helps"], ["B-Chemical", "O"])
+    disease = (["severe", "fever"], ["B-Disease", "I-Disease"])
+    folder = tmp_path / "c"
+    write_iob(folder / "train.tsv", [chemical] * 5 + [disease])
+    write_iob(folder / "devel.tsv", [chemical, disease])
+    write_iob(folder / "test.tsv", [disease])
+    whole = data.load_corpus(str(folder))
+    limited = data.load_corpus(str(folder), train_limit=5)
+    assert limited.labels == whole.labels == ["O", "B-Chemical", "I-Chemical", "B-Disease",
+                                              "I-Disease"]
+    assert limited.train == [data.Sentence(*chemical)] * 5  # the limit slices sentences only
+    assert data.build_labels(limited.train) != limited.labels  # what the old rule would give
+
+
 # ------------------------------------------------------------------ finding corpora
 
 
@@ -160,7 +177,8 @@ def test_windows_cover_every_word_once_in_order(tokenizer, max_length):
     covered = {i: [] for i in range(len(sentences))}
     for w in windows:
         assert len(w.input_ids) <= max_length
-        assert w.input_ids[0] == tokenizer.cls_token_id and w.input_ids[-1] == tokenizer.sep_token_id
+        assert w.input_ids[0] == tokenizer.cls_token_id
+        assert w.input_ids[-1] == tokenizer.sep_token_id
         for k, start in enumerate(w.word_starts):
             word = w.first_word + k
             covered[w.sentence].append(word)
@@ -170,6 +188,23 @@ def test_windows_cover_every_word_once_in_order(tokenizer, max_length):
         assert covered[i] == list(range(len(sentence.tokens)))  # no gold word dropped
     if max_length < 20:
         assert len(windows) > len(sentences)  # long sentences really were split
+
+
+def test_windows_after_the_first_are_flagged_as_continuing(tokenizer):
+    sentences = [data.Sentence(t, g) for t, g in make_sentences(30, seed=5, max_words=30)]
+    # 'the' is one piece and 'aspirin' seven: at max_length 10 the cut falls inside the mention
+    sentences.append(data.Sentence(["the", "aspirin", "aspirin", "aspirin"],
+                                   ["O", "B-Chemical", "I-Chemical", "I-Chemical"]))
+    tokenized = data.tokenize_sentences(sentences, tokenizer, LABELS)
+    windows = data.make_windows(tokenized, 10, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    assert all(w.continues == (w.first_word > 0) for w in windows)
+    assert sum(w.continues for w in windows) > 10 and sum(not w.continues for w in windows) == 31
+    last = [w for w in windows if w.sentence == len(sentences) - 1]
+    assert [(w.first_word, w.continues) for w in last] == [(0, False), (2, True), (3, True)]
+    assert LABELS[last[1].tag_ids[0]] == "I-Chemical"  # what the CRF must accept as a start
+    batch = data.collate(windows, tokenizer.pad_token_id, max_length=10)
+    assert batch["continues"].dtype == torch.bool
+    assert batch["continues"].tolist() == [w.continues for w in windows]
 
 
 def test_window_predictions_merge_back_to_sentences(tokenizer):
@@ -220,6 +255,7 @@ def test_collate_pads_to_multiples_of_16_with_masks(tokenizer):
     assert batch["attention_mask"].sum().item() == sum(len(w.input_ids) for w in windows)
     assert batch["word_mask"].sum().item() == sum(len(w.word_starts) for w in windows)
     assert (batch["tags"][~batch["word_mask"]] == data.PAD_TAG).all()
+    assert batch["continues"].shape == (B,) and batch["continues"].dtype == torch.bool
     for b, w in enumerate(windows):  # each word mask row is contiguous from the left
         row = batch["word_mask"][b]
         assert row[:len(w.word_starts)].all() and not row[len(w.word_starts):].any()

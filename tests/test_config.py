@@ -1,0 +1,384 @@
+"""config.py: YAML files and command lines into checked Configs; grids; --help; sweep keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+import config
+import sweep
+
+ROOT = Path(config.__file__).parent
+
+
+def write_yaml(tmp_path, text: str, name: str = "x.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems(path, overrides=None) -> list[str]:
+    """The lines of the ConfigError that `experiment_configs` raises for `path`."""
+    with pytest.raises(config.ConfigError) as error:
+        config.experiment_configs(path, overrides)
+    return str(error.value).splitlines()
+
+
+# ------------------------------------------------------------------ files and experiments
+
+
+def test_experiments_inherit_top_level_defaults(tmp_path):
+    path = write_yaml(tmp_path, "lr: 5e-5\nepochs: 2\nexperiments:\n"
+                                "  - {name: a}\n  - {name: b, lr: 1e-3, fp16: true}\n")
+    a, b = config.experiment_configs(path)
+    assert (a.name, a.lr, a.epochs, a.precision) == ("a", 5e-5, 2, "fp32")
+    assert (b.name, b.lr, b.epochs, b.precision) == ("b", 1e-3, 2, "fp16")
+
+
+def test_a_file_without_experiments_is_one_experiment(tmp_path):
+    [cfg] = config.experiment_configs(write_yaml(tmp_path, "epochs: 2\nrank: 4\n"))
+    assert (cfg.name, cfg.epochs, cfg.rank) == ("run", 2, 4)
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("experiments:\n  - {name: a, learning_rate: 1}\n", 2, "unknown key 'learning_rate'"),
+    ("epochs: three\n", 1, "key 'epochs' expects int"),
+    ("seed: 1\nlr: fast\n", 2, "key 'lr' expects float"),
+    ("fp16: 1\n", 1, "key 'fp16' expects bool"),
+    ("precision: fp8\n", 1, "key 'precision' must be one of"),
+    ("lr_scheduler_type: step\n", 1, "key 'lr_scheduler_type' must be one of"),
+    ("method: magic\n", 1, "key 'method' must be one of"),
+    ("tracker: mlflow\n", 1, "key 'tracker' must be one of"),
+    ("fusion_mode: concat\n", 1, "key 'fusion_mode' must be one of"),
+    ("batch_size: 0\n", 1, "key 'batch_size' must be >= 1"),
+    ("experiments:\n  - {name: a}\n  - {name: b, rank: 0}\n", 3, "key 'rank' must be >= 1"),
+    ("dropout: 1.0\n", 1, "key 'dropout' must be in [0, 1)"),
+    ("lora_dropout: -0.1\n", 1, "key 'lora_dropout' must be in [0, 1)"),
+    ("warmup_ratio: 1\n", 1, "key 'warmup_ratio' must be in [0, 1)"),
+    ("max_length: 4\n", 1, "key 'max_length' must be >= 8"),
+    ("lr: -1e-3\n", 1, "key 'lr' must be >= 0"),
+    ("targets: []\n", 1, "key 'targets' must be a non-empty list"),
+    ("experiments:\n  - {name: a, method: fusion, adapters: [x, y],\n     fusion_weights: [1.0]}\n",
+     3, "key 'fusion_weights' must be one weight per adapter (2)"),
+    ("precision: bf16\nfp16: true\n", 2, "contradicts"),
+    ("aug: {p: 2}\n", 1, "aug needs 0 <= p <= 1"),
+    ("aug: {q: 2}\n", 1, "unknown key 'aug.q'"),
+])
+def test_config_errors_name_the_file_line_and_key(tmp_path, text, line, words):
+    path = write_yaml(tmp_path, text)
+    [message] = problems(path)
+    assert message.startswith(f"{path}:{line}: ") and words in message
+
+
+@pytest.mark.parametrize("text, words", [
+    ("experiments:\n  - {name: a}\n  - {name: a}\n", "repeated: ['a']"),
+    ("experiments: {name: a}\n", "'experiments' must be a list"),
+    ("experiments: [1, 2]\n", "'experiments' must be a list"),
+    ("method: fusion\n", "key 'adapters' must be"),  # a key the file does not hold: no line
+    ("- 1\n- 2\n", "mapping of keys"),
+])
+def test_file_level_errors_name_the_file(tmp_path, text, words):
+    path = write_yaml(tmp_path, text)
+    [message] = problems(path)
+    assert message.startswith(str(path)) and words in message
+
+
+def test_every_problem_of_every_experiment_is_reported_at_once(tmp_path):
+    path = write_yaml(tmp_path, "epochs: 2\n"
+                                "experiments:\n"
+                                "  - name: a\n"
+                                "    rank: -1\n"
+                                "  - name: b\n"
+                                "    method: lora\n"
+                                "    dropout: 2\n"
+                                "    max_length: 4\n"
+                                "  - {name: c, batch_size: many}\n")
+    lines = problems(path)
+    assert len(lines) == 4, lines
+    rank, dropout, max_length, batch = lines
+    assert rank.startswith(f"{path}:4: ") and "experiments[0] (a)" in rank and "'rank'" in rank
+    assert dropout.startswith(f"{path}:7: ") and "experiments[1] (b)" in dropout
+    assert "'dropout'" in dropout and "[0, 1)" in dropout
+    assert max_length.startswith(f"{path}:8: ") and "'max_length' must be >= 8" in max_length
+    assert batch.startswith(f"{path}:9: ") and "experiments[2] (c)" in batch
+    assert "'batch_size' expects int" in batch
+
+
+def test_the_smallest_example_two_problems_two_lines(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: a, rank: -1}\n  - name: b\n"
+                                "    dropout: 2\n")
+    assert [line.split(" experiments")[0] for line in problems(path)] == \
+        [f"{path}:2:", f"{path}:4:"]
+
+
+def test_a_shared_top_level_problem_points_at_its_line(tmp_path):
+    path = write_yaml(tmp_path, "seed: 1\nepochs: 0\nexperiments:\n  - {name: a}\n"
+                                "  - {name: b, epochs: 2}\n")
+    [message] = problems(path)  # b sets its own epochs: only a inherits the bad value
+    assert message.startswith(f"{path}:2: ") and "experiments[0]" in message
+    assert "'epochs' must be >= 1" in message
+
+
+@pytest.mark.parametrize("text, line", [("name: a\nrank: [\n", 3),
+                                        ("name: a\nrank: 1\n  x: 2\n", 3),
+                                        ("name: a\nlr: 1\nlr: {\n", 4)])
+def test_a_yaml_syntax_error_names_file_and_line(tmp_path, text, line):
+    path = write_yaml(tmp_path, text)
+    [message] = problems(path)
+    assert message.startswith(f"{path}:{line}: not valid YAML")
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    missing = tmp_path / "missing.yml"
+    [message] = problems(missing)
+    assert message.startswith(str(missing)) and "cannot read" in message
+    binary = tmp_path / "binary.yml"
+    binary.write_bytes(b"lr: \xff\xfe\n")
+    [message] = problems(binary)
+    assert message.startswith(str(binary)) and "UTF-8" in message
+
+
+def test_command_line_overrides_are_typed_and_named_in_errors(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: a, lr: 1e-4}\n")
+    overrides = config.parse_overrides(["--lr=3e-4", "--epochs=7", "--gpu=-1",
+                                        "--targets=[query,value]", "--lora-dropout=0.1"])
+    [cfg] = config.experiment_configs(path, overrides)
+    assert (cfg.lr, cfg.epochs, cfg.gpu, cfg.targets, cfg.lora_dropout) == \
+        (3e-4, 7, -1, ["query", "value"], 0.1)
+    with pytest.raises(config.ConfigError, match="expected --key=value"):
+        config.parse_overrides(["--lr"])
+    [message] = problems(path, {"nope": 1})
+    assert message.startswith("command line --nope: ") and "unknown key 'nope'" in message
+    [message] = problems(path, {"rank": 0})
+    assert message.startswith("command line --rank: ") and "'rank' must be >= 1" in message
+
+
+# ------------------------------------------------------------------ grids
+
+
+def test_a_grid_expands_into_named_typed_experiments(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: base}\n"
+                                "  - {name: lora, method: lora, grid: {lr: [1e-3, 5e-3]}}\n")
+    base, low, high = config.experiment_configs(path)
+    assert [c.name for c in (base, low, high)] == ["base", "lora[lr=0.001]", "lora[lr=0.005]"]
+    assert (low.lr, high.lr) == (1e-3, 5e-3)
+    assert isinstance(low.lr, float) and low.method == high.method == "lora"
+    assert base.grid == {}
+
+
+def test_a_grid_over_two_keys_is_their_product(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - name: lora\n    method: lora\n"
+                                "    grid: {lr: [1e-3, 5e-3], rank: [4, 8, 16]}\n")
+    configs = config.experiment_configs(path)
+    assert [(c.lr, c.rank) for c in configs] == [(lr, r) for lr in (1e-3, 5e-3)
+                                                  for r in (4, 8, 16)]
+    assert configs[0].name == "lora[lr=0.001,rank=4]"
+    assert len({c.name for c in configs}) == 6
+
+
+@pytest.mark.parametrize("grid, words", [
+    ("{lrr: [1e-3]}", "unknown key 'lrr'"),
+    ("{rank: [four]}", "'grid.rank' expects int"),
+    ("{rank: []}", "grid"),
+    ("[1, 2]", "grid"),
+    ("{name: [a, b]}", "'name'"),
+])
+def test_a_bad_grid_is_an_error_naming_the_key(tmp_path, grid, words):
+    path = write_yaml(tmp_path, f"experiments:\n  - {{name: a}}\n  - {{name: l, grid: {grid}}}\n")
+    [message] = problems(path)
+    assert message.startswith(f"{path}:3: ") and "experiments[1]" in message
+    assert words in message
+
+
+def test_a_grid_value_out_of_range_is_reported(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: l, grid: {rank: [4, 0]}}\n")
+    [message] = problems(path)
+    assert message.startswith(f"{path}:2: ")  # the grid's line: rank is written nowhere else
+    assert "l[rank=0]" in message and "'rank' must be >= 1" in message
+
+
+def test_grid_names_must_not_collide_with_other_experiments(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: 'l[rank=4]'}\n"
+                                "  - {name: l, grid: {rank: [4, 8]}}\n")
+    [message] = problems(path)
+    assert "repeated: ['l[rank=4]']" in message
+
+
+# ------------------------------------------------------------------ defaults and old names
+
+
+@pytest.mark.parametrize("method", config.METHODS)
+def test_lr_defaults_per_method_and_an_explicit_lr_wins(tmp_path, method):
+    adapters = ", adapters: [x]" if method == "fusion" else ""
+    path = write_yaml(tmp_path, f"experiments:\n  - {{name: a, method: {method}{adapters}}}\n"
+                                f"  - {{name: b, method: {method}{adapters}, lr: 3e-4}}\n")
+    default, explicit = config.experiment_configs(path)
+    assert default.lr == config.DEFAULT_LR[method]
+    assert explicit.lr == 3e-4
+    assert config.DEFAULT_LR["lora"] > config.DEFAULT_LR["full"]  # the reason it exists
+    assert config.make_config({"method": "lora"}).lr == config.DEFAULT_LR["lora"]
+
+
+def test_the_old_fusion_key_is_read_as_fusion_mode(tmp_path, capsys):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: a, method: fusion, adapters: [x],\n"
+                                "     fusion: attention}\n")
+    [cfg] = config.experiment_configs(path)
+    assert cfg.fusion_mode == "attention"
+    assert not hasattr(cfg, "fusion")
+    assert "'fusion' is now 'fusion_mode'" in capsys.readouterr().out
+
+
+def test_the_old_and_new_fusion_keys_together_are_one_error(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: a, fusion: attention,"
+                                " fusion_mode: merge}\n")
+    lines = problems(path)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{path}:2: ") and "'fusion'" in lines[0]
+    assert "fusion_mode" in lines[0]
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0), ("-1", -1), ("[0, 1]", [0, 1]),
+                                             ("[3]", [3])])
+def test_gpu_is_a_device_index_or_a_list(tmp_path, value, expected):
+    [cfg] = config.experiment_configs(write_yaml(tmp_path, f"gpu: {value}\n"))
+    assert cfg.gpu == expected
+
+
+@pytest.mark.parametrize("value", ["-2", "[-2]", "[0, -2]", "[]", "cuda", "[0, one]"])
+def test_a_bad_gpu_is_rejected(tmp_path, value):
+    path = write_yaml(tmp_path, f"gpu: {value}\n")
+    [message] = problems(path)
+    assert message.startswith(f"{path}:1: ") and "'gpu'" in message
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"epochs": "x", "nope": 1, "rank": 0}, ["'epochs' expects int", "unknown key 'nope'"]),
+    ({"rank": 0, "dropout": 2.0, "gpu": -3}, ["'rank' must be >= 1", "'dropout' must be in",
+                                              "'gpu' must be"]),
+])
+def test_make_config_reports_every_problem_in_one_error(values, expected):
+    """Types and names first (a range means nothing for a wrong type), then every range."""
+    with pytest.raises(config.ConfigError) as error:
+        config.make_config(values, "here")
+    lines = str(error.value).splitlines()
+    assert len(lines) == len(expected), lines
+    assert all(line.startswith("here: ") for line in lines)
+    assert all(any(words in line for line in lines) for words in expected)
+
+
+# ------------------------------------------------------------------ sweep keys
+
+
+def test_sweep_settings_read_the_top_level_and_experiments_ignore_them(tmp_path):
+    path = write_yaml(tmp_path, "baseline: lora\nbootstrap_resamples: 200\nbootstrap_seed: 3\n"
+                                "experiments:\n  - {name: full}\n  - {name: lora, method: lora}\n")
+    settings = config.sweep_settings(path)
+    assert settings == config.SweepSettings(baseline="lora", bootstrap_resamples=200,
+                                            bootstrap_seed=3)
+    assert [c.name for c in config.experiment_configs(path)] == ["full", "lora"]
+    assert config.sweep_settings(path, {"bootstrap_seed": 9}).bootstrap_seed == 9
+    [cfg, _] = config.experiment_configs(path, {"bootstrap_seed": 9})  # not a run's key
+    assert cfg.name == "full"
+    assert config.sweep_settings(write_yaml(tmp_path, "lr: 1\n", "y.yml")) == \
+        config.SweepSettings()
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("seed: 1\nbootstrap_resamples: 0\n", 2, "'bootstrap_resamples' must be >= 1"),
+    ("bootstrap_seed: x\n", 1, "'bootstrap_seed' expects int"),
+])
+def test_bad_sweep_settings_name_file_line_and_key(tmp_path, text, line, words):
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(config.ConfigError) as error:
+        config.sweep_settings(path)
+    assert str(error.value).startswith(f"{path}:{line}: ") and words in str(error.value)
+
+
+# ------------------------------------------------------------------ documentation of the keys
+
+
+def field_lines(cls) -> list[tuple[str, str, list[str]]]:
+    """(field name, its line, the comment lines just above it) from `cls`'s source in
+    config.py; `# ---` lines head a group and are no field's comment."""
+    source = (ROOT / "config.py").read_text().split(f"class {cls.__name__}:\n", 1)[1]
+    body = source.split("\n\n\n", 1)[0].splitlines()
+    fields, above = [], []
+    for line in body:
+        stripped = line.strip()
+        if stripped.startswith("#") and not stripped.startswith("# ---"):
+            above.append(stripped)
+            continue
+        if re.match(r"    \w+: ", line):
+            fields.append((line.split(":")[0].strip(), line, above))
+        above = []  # a heading, a docstring or a blank line ends a comment block
+    return fields
+
+
+@pytest.mark.parametrize("cls", [config.Config, config.SweepSettings, config.AugConfig])
+def test_every_config_key_has_a_why_comment(cls):
+    fields = field_lines(cls)
+    assert [name for name, _, _ in fields] == [f.name for f in dataclasses.fields(cls)]
+    undocumented = [name for name, line, above in fields
+                    if "  # " not in line and not above]
+    assert not undocumented
+
+
+def test_help_lists_every_key_with_its_default_and_comment():
+    text = " ".join(config.config_help().split())  # wrapping may split a line anywhere
+    for cls in (config.Config, config.SweepSettings):
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            match = re.search(re.escape(f"{f.name} (default {default!r}): ") + r"(\S+)", text)
+            assert match, f.name  # and a comment follows
+    assert "fusion_mode (default 'merge'): merge: weighted sum" in text
+    assert "LoRA (method: lora) rank (default 16)" in text  # a group heading, then its keys
+    assert text.index("sweep keys") > text.index("fusion_dim (default 16)")
+
+
+def test_readme_documents_every_config_key():
+    readme = (ROOT / "README.md").read_text()
+    keys = [f.name for f in dataclasses.fields(config.Config)] + \
+        [f"aug.{f.name}" for f in dataclasses.fields(config.AugConfig)] + \
+        [f.name for f in dataclasses.fields(config.SweepSettings)]
+    missing = [k for k in keys if f"| `{k}` |" not in readme]
+    assert not missing
+
+
+# ------------------------------------------------------------------ the shipped configs
+
+
+SHIPPED = sorted(p.stem for p in (ROOT / "configs").glob("*.yml"))
+
+
+def test_the_known_configs_are_shipped():
+    assert {"demo_cpu", "bc5cdr", "ncbi_disease", "bc5cdr_minilm_cpu",
+            "bc5cdr_aug_cpu"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_are_valid(name, capsys):
+    path = ROOT / "configs" / f"{name}.yml"
+    configs = config.experiment_configs(path)
+    config.sweep_settings(path)
+    assert "is now 'fusion_mode'" not in capsys.readouterr().out  # no old key names shipped
+    assert configs and all(c.method in config.METHODS for c in configs)
+    assert sweep.fusion_problems(configs) == []  # fusion sources exist and fit
+    if name == "bc5cdr":
+        by_name = {c.name: c for c in configs}
+        assert {"full", "lora-r8", "lora-r16", "lora-r32", "lora-r64", "lora-r16-crf",
+                "lora-aug", "lora-r32-cosine", "lora-chem", "lora-disease", "fusion-merge",
+                "fusion-attention"} <= set(by_name)
+        seed_block = by_name["lora-r32-cosine"]
+        assert (seed_block.rank, seed_block.lr, seed_block.lr_scheduler_type,
+                seed_block.warmup_steps) == (32, 5e-5, "cosine", 300)
+        assert by_name["full"].precision == "fp16" and by_name["full"].lr == 5e-5
+        assert by_name["lora-r16-crf"].crf and by_name["lora-aug"].aug == \
+            config.AugConfig(p=0.3, copies=1)
+        assert by_name["fusion-merge"].fusion_mode == "merge"
+        assert by_name["fusion-attention"].fusion_mode == "attention"
+        assert by_name["fusion-merge"].adapters == ["lora-chem", "lora-disease"]
+        assert (by_name["lora-chem"].dataset, by_name["lora-disease"].dataset) == \
+            ("bc5cdr_chem", "bc5cdr_disease")

@@ -1,0 +1,159 @@
+"""significance.py: reading predictions, seqeval-equal counts, and the paired bootstrap against
+a plain loop over replicates. Dimensions: S sentences, N runs per system."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from seqeval.metrics import f1_score
+
+import data
+import significance
+import train
+
+TAGS = ["O", "B-A", "I-A", "B-B", "I-B"]
+
+
+def random_tags(n_sentences: int, seed: int, max_words: int = 12) -> list[list[str]]:
+    """Tag sequences drawn uniformly from TAGS, so ill-formed ones (I-A after O, B-A I-B, I-B at
+    the start) are common."""
+    rng = random.Random(seed)
+    return [[rng.choice(TAGS) for _ in range(rng.randint(1, max_words))]
+            for _ in range(n_sentences)]
+
+
+def noisy_copy(gold: list[list[str]], error: float, seed: int) -> list[list[str]]:
+    """A system's predictions: each tag of `gold` replaced by a random one with probability
+    `error`."""
+    rng = random.Random(seed)
+    return [[rng.choice(TAGS) if rng.random() < error else t for t in sentence]
+            for sentence in gold]
+
+
+# ------------------------------------------------------------------ reading
+
+
+def test_reads_what_train_writes(tmp_path):
+    gold = random_tags(20, seed=0)
+    predicted = noisy_copy(gold, 0.3, seed=1)
+    split = [data.Sentence([f"w{i}" for i in range(len(g))], g) for g in gold]
+    path = tmp_path / "predictions.txt"
+    path.write_text(train.predictions_text(split, predicted), encoding="utf-8")
+    assert significance.read_predictions(path) == (gold, predicted)
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("a O O\nb B-A\n", 2, "expected 'token gold predicted'"),
+    ("a O O\n\nb O X-A\n", 3, "tag 'X-A' is not O"),
+    ("a O O\n  O O\n", 2, "expected 'token gold predicted'"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, text, line, words):
+    path = tmp_path / "predictions.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        significance.read_predictions(path)
+    assert f"{path}:{line}:" in str(error.value) and words in str(error.value)
+    path.write_text("\n\n")
+    with pytest.raises(ValueError, match="no sentences"):
+        significance.read_predictions(path)
+
+
+# ------------------------------------------------------------------ counts and F1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_summed_counts_give_seqeval_micro_f1(seed):
+    gold = random_tags(60, seed=seed)
+    predicted = noisy_copy(gold, 0.4, seed=seed + 100)
+    counts = significance.sentence_counts(gold, predicted)  # (S, 3)
+    assert counts.shape == (60, 3) and (counts[:, 0] <= counts[:, 1:].min(1)).all()
+    assert significance.f1_from_counts(counts) == f1_score(gold, predicted)
+    assert significance.f1_from_counts(counts[:17]) == f1_score(gold[:17], predicted[:17])
+
+
+def test_counts_of_ill_formed_sequences_follow_conlleval():
+    gold = [["B-A", "I-A", "O"], ["I-B", "I-B", "O", "I-A"], ["B-A", "I-B"]]
+    predicted = [["I-A", "I-A", "B-A"], ["B-B", "I-B", "O", "O"], ["B-A", "I-A"]]
+    # I-X after O or another type starts an entity: gold has A(0-1) | B(0-1), A(3) | A(0), B(1)
+    counts = significance.sentence_counts(gold, predicted)
+    assert counts.tolist() == [[1, 2, 1], [1, 1, 2], [0, 1, 2]]
+    with pytest.raises(ValueError, match="sentence 0: 3 gold tags but 2 predicted"):
+        significance.sentence_counts([["O"] * 3], [["O"] * 2])
+
+
+def test_f1_is_zero_without_predicted_or_gold_entities():
+    assert significance.f1_from_counts(np.array([[0, 0, 3]])) == 0.0
+    assert significance.f1_from_counts(np.array([[0, 2, 0]])) == 0.0
+    assert significance.f1_from_counts(np.zeros((4, 3), dtype=int)) == 0.0
+    assert significance.f1_from_counts(np.array([3, 4, 6])) == pytest.approx(0.6)
+
+
+# ------------------------------------------------------------------ the paired bootstrap
+
+
+def system(gold, error: float, seeds) -> list[tuple[list, list]]:
+    """(gold, predicted) per run of a system with the given tag error rate."""
+    return [(gold, noisy_copy(gold, error, seed)) for seed in seeds]
+
+
+def counts_of(runs) -> list[np.ndarray]:
+    return [significance.sentence_counts(gold, predicted) for gold, predicted in runs]
+
+
+def test_vectorised_equals_a_loop_over_replicates_with_seqeval():
+    gold = random_tags(25, seed=7)
+    a, b = system(gold, 0.2, [1, 2, 3]), system(gold, 0.25, [4, 5, 6])
+    fast = significance.paired_bootstrap(counts_of(a), counts_of(b), resamples=200, seed=3)
+    slow = significance.paired_bootstrap_reference(a, b, resamples=200, seed=3)
+    assert fast == slow
+    assert 0.05 < fast["p_value"] < 1 and fast["ci_low"] < 0 < fast["delta"] < fast["ci_high"]
+
+
+def test_an_experiment_identical_to_the_baseline_gets_nothing():
+    gold = random_tags(40, seed=8)
+    runs = counts_of(system(gold, 0.3, [1, 2, 3]))
+    result = significance.paired_bootstrap(runs, [c.copy() for c in runs], resamples=300)
+    assert result == {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p_value": 1.0,
+                      "resamples": 300, "pairs": 3}
+
+
+def test_a_clearly_better_system_is_significant_and_a_worse_one_negative():
+    gold = random_tags(200, seed=9)
+    better, worse = counts_of(system(gold, 0.05, [1, 2])), counts_of(system(gold, 0.3, [3, 4]))
+    up = significance.paired_bootstrap(better, worse, resamples=500, seed=1)
+    assert up["delta"] > 0.1 and 0 < up["ci_low"] < up["delta"] < up["ci_high"]
+    assert up["p_value"] < 0.05
+    down = significance.paired_bootstrap(worse, better, resamples=500, seed=1)
+    assert down["delta"] == -up["delta"] and down["ci_high"] < 0 and down["p_value"] < 0.05
+
+
+def test_same_seed_same_result_other_seed_other_replicates():
+    gold = random_tags(50, seed=10)
+    a, b = counts_of(system(gold, 0.2, [1, 2])), counts_of(system(gold, 0.25, [3, 4]))
+    first = significance.paired_bootstrap(a, b, resamples=200, seed=5)
+    assert significance.paired_bootstrap(a, b, resamples=200, seed=5) == first
+    other = significance.paired_bootstrap(a, b, resamples=200, seed=6)
+    assert other["delta"] == first["delta"] and other["ci_low"] != first["ci_low"]
+
+
+def test_unequal_numbers_of_runs_use_the_first_pairs():
+    gold = random_tags(30, seed=11)
+    a, b = counts_of(system(gold, 0.2, [1, 2, 3])), counts_of(system(gold, 0.3, [4, 5]))
+    result = significance.paired_bootstrap(a, b, resamples=100)
+    assert result["pairs"] == 2
+    assert result == significance.paired_bootstrap(a[:2], b, resamples=100)
+
+
+def test_runs_on_different_test_sets_are_an_error():
+    a = counts_of(system(random_tags(30, seed=12), 0.2, [1]))
+    with pytest.raises(ValueError, match=r"different numbers of test sentences: \[29, 30\]"):
+        significance.paired_bootstrap(a, [a[0][:29]])
+    other = counts_of(system(random_tags(30, seed=13), 0.2, [1]))
+    with pytest.raises(ValueError, match="gold entities"):
+        significance.paired_bootstrap(a, other)
+    with pytest.raises(ValueError, match="at least one run"):
+        significance.paired_bootstrap(a, [])
+    with pytest.raises(ValueError, match="resamples"):
+        significance.paired_bootstrap(a, a, resamples=0)
