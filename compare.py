@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import io
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import config
 import significance
@@ -74,6 +75,10 @@ def check_inputs(configs: list[config.Config]) -> tuple[list[str], dict]:
             except (OSError, ValueError) as error:
                 paths[key] = None
                 problems.append(f"experiment {cfg.name!r}: {error}")
+        package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(cfg.tracker)
+        if package and importlib.util.find_spec(package) is None:
+            problems.append(f"experiment {cfg.name!r}: tracker: {cfg.tracker} needs the "
+                            f"{package!r} package (pip install {package})")
         try:
             folder = resolve_model(cfg.model)
         except config.ConfigError as error:
@@ -135,7 +140,7 @@ def summarise(configs: list[config.Config], finished: dict[str, list[dict]],
                 "train_seconds": mean_std([r["train_seconds"] for r in runs])[0],
                 "tokens_per_second": mean_std([r["tokens_per_second"] for r in runs])[0],
                 "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
-                "peak_memory_kind": runs[0]["peak_memory_kind"]})
+                "peak_memory_measure": runs[0]["peak_memory_measure"]})
         rows.append(row)
     by_name = {r["experiment"]: r for r in rows}
     for members in grid_groups(configs).values():  # the devel choice; test never takes part
@@ -221,12 +226,12 @@ COLUMNS = [
     Column("tokens/s", _when(lambda r: f"{r['tokens_per_second']:.0f}")),
     Column("peak MB", _when(lambda r: (
         f"{r['peak_memory_mb']:.0f} "
-        f"{'CUDA' if r['peak_memory_kind'] == 'cuda_max_allocated' else 'RSS'}"))),
+        f"{'CUDA' if r['peak_memory_measure'] == 'cuda_max_allocated' else 'RSS'}"))),
 ]
 CSV_FIELDS = ["experiment", "method", "lr", "runs", "f1", "f1_std", "devel_f1", "delta_f1",
               "delta_ci_low", "delta_ci_high", "p_value", "selected_on_devel", "precision",
               "recall", "trainable_params", "trainable_percent", "setup_seconds",
-              "train_seconds", "tokens_per_second", "peak_memory_mb", "peak_memory_kind",
+              "train_seconds", "tokens_per_second", "peak_memory_mb", "peak_memory_measure",
               "baseline", "failed"]
 
 

@@ -249,6 +249,16 @@ def make_windows(sentences: Sequence[TokenizedSentence], max_length: int, cls_id
 
     Greedy: a window takes words until the next one would not fit. Windows do not overlap, so a
     word near a cut sees context from one side only; this is the price of evaluating every word.
+
+    Example: a first sentence of five words of 1, 2, 1, 3 and 1 pieces, max_length 8 (6 subwords
+    between [CLS] 101 and [SEP] 102). The first three words take 4 subwords and the fourth's 3
+    would make 7, so the cut falls before the fourth word:
+
+        TokenizedSentence(pieces=[[7], [8, 9], [10], [11, 12, 13], [14]], tag_ids=[1, 2, 0, 3, 0])
+        -> Window(input_ids=[101, 7, 8, 9, 10, 102], word_starts=[1, 2, 4], tag_ids=[1, 2, 0],
+                  sentence=0, first_word=0, continues=False)
+           Window(input_ids=[101, 11, 12, 13, 14, 102], word_starts=[1, 4], tag_ids=[3, 0],
+                  sentence=0, first_word=3, continues=True)
     """
     budget = max_length - 2
     windows = []
@@ -348,16 +358,20 @@ def collate(windows: Sequence[Window], pad_id: int, max_length: int, multiple: i
 
 
 def mention_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
-    """(start, end, type) of every mention; an `I-X` that follows no `X` starts a mention."""
+    """(start, end, entity type) of every mention, end exclusive; an `I-X` that follows no `X`
+    starts a mention:
+
+        ["B-Chemical", "I-Chemical", "O", "I-Disease"] -> [(0, 2, "Chemical"), (3, 4, "Disease")]
+    """
     spans = []
     for i, tag in enumerate(tags):
         if tag == "O":
             continue
-        kind = tag[2:]
-        if tag.startswith("B-") or not spans or spans[-1][1] != i or spans[-1][2] != kind:
-            spans.append((i, i + 1, kind))
+        entity_type = tag[2:]
+        if tag.startswith("B-") or not spans or spans[-1][1] != i or spans[-1][2] != entity_type:
+            spans.append((i, i + 1, entity_type))
         else:
-            spans[-1] = (spans[-1][0], i + 1, kind)
+            spans[-1] = (spans[-1][0], i + 1, entity_type)
     return spans
 
 
@@ -366,9 +380,9 @@ def build_mention_bank(train: Sequence[Sentence]) -> dict[str, list[tuple[str, .
     drawing from devel or test would leak evaluation entities into training."""
     bank: dict[str, set[tuple[str, ...]]] = {}
     for sentence in train:
-        for start, end, kind in mention_spans(sentence.tags):
-            bank.setdefault(kind, set()).add(tuple(sentence.tokens[start:end]))
-    return {kind: sorted(mentions) for kind, mentions in sorted(bank.items())}
+        for start, end, entity_type in mention_spans(sentence.tags):
+            bank.setdefault(entity_type, set()).add(tuple(sentence.tokens[start:end]))
+    return {entity_type: sorted(mentions) for entity_type, mentions in sorted(bank.items())}
 
 
 def swap_mentions(words: Sequence, tags: Sequence[str], bank: dict[str, Sequence[Sequence]],
@@ -378,15 +392,15 @@ def swap_mentions(words: Sequence, tags: Sequence[str], bank: dict[str, Sequence
     new_words: list = []
     new_tags: list[str] = []
     position = 0
-    for start, end, kind in mention_spans(tags):
+    for start, end, entity_type in mention_spans(tags):
         new_words += words[position:start]
         new_tags += tags[position:start]
-        if rng.random() < p and bank.get(kind):
-            mention = list(bank[kind][rng.randrange(len(bank[kind]))])
+        if rng.random() < p and bank.get(entity_type):
+            mention = list(bank[entity_type][rng.randrange(len(bank[entity_type]))])
         else:
             mention = list(words[start:end])
         new_words += mention
-        new_tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(mention) - 1)
+        new_tags += [f"B-{entity_type}"] + [f"I-{entity_type}"] * (len(mention) - 1)
         position = end
     return new_words + list(words[position:]), new_tags + list(tags[position:])
 
@@ -406,9 +420,10 @@ class EntitySwapper:
         self.p, self.copies = p, copies
         bank = build_mention_bank(train)
         self.bank = {}  # type → subword pieces per word of each mention
-        for kind, mentions in bank.items():
+        for entity_type, mentions in bank.items():
             pseudo = [Sentence(list(m), ["O"] * len(m)) for m in mentions]
-            self.bank[kind] = [t.pieces for t in tokenize_sentences(pseudo, tokenizer, labels)]
+            self.bank[entity_type] = [t.pieces for t in
+                                      tokenize_sentences(pseudo, tokenizer, labels)]
 
     def epoch(self, seed: int) -> list[TokenizedSentence]:
         """One epoch's sentences, drawn with `seed` (the epoch's own: train.epoch_seed).

@@ -30,7 +30,7 @@ def digest(value) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     # size and mtime key the cache only: a sweep hashes each file once, a touched file again
     sha = hashlib.sha256()

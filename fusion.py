@@ -48,6 +48,10 @@ from torch import Tensor, nn
 
 import lora
 
+# Where a run's weights.safetensors keeps the encoder's parameters: model.Tagger holds the encoder
+# as `self.encoder` (model.py imports this file, so the prefix is spelled here).
+RUN_ENCODER_PREFIX = "encoder."
+
 
 @dataclass
 class SourceAdapter:
@@ -59,7 +63,8 @@ class SourceAdapter:
 
 
 def load_source_adapter(run: str | Path) -> SourceAdapter:
-    """The adapter of a finished `method: lora` run folder (config.json + weights.safetensors)."""
+    """The adapter of a finished `method: lora` run folder (config.json + weights.safetensors),
+    read with `lora.adapter_factors` and scaled as the run's config says."""
     run = Path(run)
     try:
         config = json.loads((run / "config.json").read_text())
@@ -69,16 +74,14 @@ def load_source_adapter(run: str | Path) -> SourceAdapter:
                          f"config.json and weights.safetensors ({error})") from error
     if config.get("method") != "lora":
         raise ValueError(f"fusion source {run}: method is {config.get('method')!r}, not 'lora'")
-    rank, alpha = config["rank"], config["alpha"]
-    scale = alpha / math.sqrt(rank) if config["rslora"] else alpha / rank
-    prefix = "encoder."
-    factors = {}
-    for key, tensor in weights.items():
-        if key.startswith(prefix) and key.endswith(".lora_A"):
-            module = key[len(prefix):-len(".lora_A")]
-            factors[module] = (tensor, weights[f"{prefix}{module}.lora_B"], scale)
-    if not factors:
+    scale = lora.lora_scale(config["alpha"], config["rank"], config["rslora"])
+    try:
+        pairs = lora.adapter_factors(weights, RUN_ENCODER_PREFIX)
+    except ValueError as error:
+        raise ValueError(f"fusion source {run}: weights.safetensors: {error}") from error
+    if not pairs:
         raise ValueError(f"fusion source {run}: weights.safetensors holds no LoRA factors")
+    factors = {module: (A, B, scale) for module, (A, B) in pairs.items()}
     return SourceAdapter(config["name"], config["model"], factors)
 
 
@@ -95,15 +98,15 @@ def check_compatible(sources: Sequence[SourceAdapter], model: str) -> None:
                              f"linears: {sorted(set(source.factors) ^ set(first.factors))[:4]}")
 
 
-class MergedFusionLinear(nn.Module):
+class MergedFusionLinear(lora.MergeableLinear):
     """base(x) + x A.T (B diag(w ⊗ 1_r)).T: the weighted sum of the adapters' ΔW as one LoRA of
     rank Σ r_i (weight space, exact). `weights` fixed (a buffer, as given) or learned (a
-    parameter starting at 1/N each: the average of the ΔW, where attention fusion starts too)."""
+    parameter starting at 1/N each: the average of the ΔW, where attention fusion starts too).
+    `merge()` / `unmerge()` (fixed weights only) are lora.MergeableLinear's, as for LoRALinear."""
 
     def __init__(self, base: nn.Linear, factors: Sequence[tuple[Tensor, Tensor, float]],
                  weights: Sequence[float] | None):
-        super().__init__()
-        self.base = base.requires_grad_(False)
+        super().__init__(base)
         A = torch.cat([a for a, _, _ in factors])  # (R, d_in), R = Σ r_i
         B = torch.cat([s * b for _, b, s in factors], dim=1)  # (d_out, R), scales folded in
         self.register_buffer("A", A.float())
@@ -117,7 +120,6 @@ class MergedFusionLinear(nn.Module):
             self.weights = nn.Parameter(torch.full((n,), 1.0 / n))  # (N,): the average of the ΔW
         else:
             self.register_buffer("weights", torch.tensor([float(w) for w in weights]))
-        self.merged = False
 
     def delta_weight(self) -> Tensor:
         """Σ_i w_i s_i B_i A_i (d_out, d_in)."""
@@ -147,20 +149,11 @@ class MergedFusionLinear(nn.Module):
         kept = self.delta_weight()
         return float(torch.linalg.norm(delta - kept) / torch.linalg.norm(delta).clamp_min(1e-12))
 
-    @torch.no_grad()
     def merge(self) -> None:
         """Fold the fused ΔW into the base weight (fixed weights only); idempotent."""
         if self.learned:
             raise ValueError("merging needs fixed weights; learned ones still change")
-        if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
-            self.merged = False
+        super().merge()
 
 
 class AttentionFusionLinear(nn.Module):
@@ -222,9 +215,7 @@ def fuse(encoder: nn.Module, sources: Sequence[SourceAdapter], mode: str,
     encoder.requires_grad_(False)
     errors = []
     for module in sources[0].factors:
-        parent_name, _, child = module.rpartition(".")
-        parent = encoder.get_submodule(parent_name)
-        base = getattr(parent, child)
+        base = encoder.get_submodule(module)
         factors = [s.factors[module] for s in sources]
         for a, b, _ in factors:
             if a.shape[1] != base.in_features or b.shape[0] != base.out_features:
@@ -237,7 +228,7 @@ def fuse(encoder: nn.Module, sources: Sequence[SourceAdapter], mode: str,
                 errors.append(fused.truncate(rank))
         else:
             fused = AttentionFusionLinear(base, factors, dim)
-        setattr(parent, child, fused.to(base.weight.device))
+        encoder.set_submodule(module, fused.to(base.weight.device), strict=True)
     report = {"fused_linears": len(sources[0].factors)}
     if errors:
         report["svd_relative_error_mean"] = sum(errors) / len(errors)

@@ -1,4 +1,4 @@
-"""LoRA on the nn.Linear layers of a frozen encoder: inject, merge, save/load, PEFT interchange.
+"""LoRA on the nn.Linear layers of a frozen encoder: inject, merge, read back, PEFT interchange.
 
 Implements low-rank adaptation (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language
 Models"): a frozen linear layer gains a trainable update `scale * B @ A` of rank r, with B = 0 at
@@ -8,9 +8,12 @@ LoRA"), which keeps the update from shrinking as r grows.
 
 Left out: LoRA on embeddings or convolutions, DoRA and other variants, trainable biases, several
 adapters per layer (fusion.py combines adapters), per-layer rank or alpha, tied weights (casting
-the frozen base re-creates parameters). A run's adapter is saved by train.py with the rest of
-what it trained; `export_peft` writes it again in PEFT's folder layout.
-`export_peft` / `import_peft` write and read PEFT's LoRA folder format without importing peft.
+the frozen base re-creates parameters).
+
+Two formats hold an adapter. A run's `weights.safetensors` holds what the run trained by parameter
+name (`...query.lora_A`, `...query.lora_B`, the head), written by train.py; `adapter_factors`
+reads the adapter back out of it. `export_peft` / `import_peft` write and read PEFT's LoRA folder
+format, without importing peft.
 
 Dimensions: B batch, T subword tokens, H hidden, r rank, d_in / d_out the input / output width of
 a wrapped nn.Linear (H and H for BERT's attention projections).
@@ -61,14 +64,53 @@ _PEFT_SUPPORTED = {
 }
 
 
-class LoRALinear(nn.Module):
+def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
+    """The factor s of the update s B A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+class MergeableLinear(nn.Module):
+    """A frozen nn.Linear `base` plus an update ΔW = `delta_weight()` (d_out, d_in).
+
+    `merge()` adds ΔW to base.weight, so the forward is one matmul; `unmerge()` subtracts it
+    again. `merged` is a plain bool that only these two set; both are idempotent and ignore
+    train()/eval(). It is not saved: a state dict taken while merged holds the merged base weight
+    and does not say so. Runs save only what trains, never the base, so they never meet this.
+    """
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.merged = False
+
+    def delta_weight(self) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add ΔW to base.weight; a no-op when already merged.
+
+        Exact up to rounding in base.weight's dtype: in fp32 unmerge(merge(W)) == W to ~1e-7,
+        with a bf16 base the round trip loses bf16 precision.
+        """
+        if not self.merged:
+            self.base.weight += self.delta_weight().to(self.base.weight.dtype)  # (d_out, d_in)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract ΔW from base.weight; a no-op when not merged."""
+        if self.merged:
+            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)  # (d_out, d_in)
+            self.merged = False
+
+
+class LoRALinear(MergeableLinear):
     """`base(x) + dropout(x) @ A.T @ B.T * scale` around a frozen nn.Linear kept as `base`.
 
-    `merge()` folds `scale * B @ A` into base.weight so the forward is one matmul; `unmerge()`
-    takes it out again. Both are explicit and idempotent and ignore train()/eval(). The flag is
-    the persistent buffer `merged`, so a full state dict says whether its base weights include
-    the update. Training while merged is an error: a merged forward skips A and B, so their
-    gradients would silently stay empty; unmerge first (evaluating under no_grad is fine).
+    Merged, ΔW = `scale * B @ A` sits in base.weight (see MergeableLinear). Training while merged
+    is an error: a merged forward skips A and B, so their gradients would silently stay empty;
+    unmerge first (evaluating under no_grad is fine).
     """
 
     def __init__(
@@ -79,7 +121,6 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         rslora: bool = False,
     ) -> None:
-        super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         if not isinstance(rank, int) or rank < 1:
@@ -88,9 +129,9 @@ class LoRALinear(nn.Module):
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.base = base.requires_grad_(False)
+        super().__init__(base)
         self.rank, self.alpha, self.dropout_p, self.rslora = rank, float(alpha), dropout, rslora
-        self.scale = alpha / math.sqrt(rank) if rslora else alpha / rank
+        self.scale = lora_scale(alpha, rank, rslora)
         # Identity at p = 0 (the default), so no mask kernel runs.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # The factors are fp32 whatever the base dtype: they are what the optimizer updates.
@@ -98,17 +139,9 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **kwargs))  # (r, d_in)
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **kwargs))  # (d_out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's init, as loralib/peft
-        self.register_buffer("merged", torch.zeros((), dtype=torch.bool, device=kwargs["device"]))
-        # Python mirror of `merged`, read by forward: testing a CUDA tensor would sync every layer.
-        self._merged = False
-        self.register_load_state_dict_post_hook(LoRALinear._read_merged_flag)
-
-    @staticmethod
-    def _read_merged_flag(module: LoRALinear, incompatible_keys: object) -> None:
-        module._merged = bool(module.merged)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in), e.g. (B, T, H)
-        if self._merged:
+        if self.merged:
             if torch.is_grad_enabled() and self.lora_A.requires_grad:
                 raise RuntimeError(
                     "LoRALinear is merged, so lora_A/lora_B would get no gradient; call "
@@ -127,28 +160,6 @@ class LoRALinear(nn.Module):
         with torch.autocast(self.lora_A.device.type, enabled=False):
             return self.lora_B @ self.lora_A * self.scale  # (d_out, d_in)
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add the update to base.weight; a no-op when already merged.
-
-        Exact up to rounding in base.weight's dtype: in fp32 unmerge(merge(W)) == W to ~1e-7,
-        with a bf16 base the round trip loses bf16 precision.
-        """
-        if not self._merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)  # (d_out, d_in)
-            self._set_merged(True)
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        """Subtract the update from base.weight; a no-op when not merged."""
-        if self._merged:
-            self.base.weight -= self.delta_weight().to(self.base.weight.dtype)  # (d_out, d_in)
-            self._set_merged(False)
-
-    def _set_merged(self, flag: bool) -> None:
-        self.merged.fill_(flag)
-        self._merged = flag
-
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:.4g}"
 
@@ -164,26 +175,34 @@ def _matches(name: str, target: str) -> bool:
 
 
 def _linear_suffixes(names: list[str]) -> list[str]:
-    """Shortest target naming each kind of linear: `query`, ..., `attention.output.dense`.
+    """The shortest target for each linear of a layer, to list in an error message.
 
-    A kind is the name after its last layer index; its suffix is the shortest one matching exactly
-    the linears of that kind, or the whole kind when none does (`output.dense` also matches
-    `attention.output.dense`).
+    Linears are grouped by their layer suffix, the name after the last layer index; a group's
+    target is the shortest dotted suffix that matches exactly its members, else the whole layer
+    suffix. With BERT's layers 0 and 1:
+
+        ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.output.dense",
+         "encoder.layer.0.output.dense", "encoder.layer.1.attention.self.query",
+         "encoder.layer.1.attention.output.dense", "encoder.layer.1.output.dense"]
+        -> ["query", "attention.output.dense", "output.dense"]
+
+    (`dense` would match all four denses and `output.dense` also the attention's.)
     """
 
-    def kind(name: str) -> str:
+    def layer_suffix(name: str) -> str:
+        """`encoder.layer.1.attention.self.query` -> `attention.self.query`."""
         parts = name.split(".")
         last_index = max((i for i, p in enumerate(parts[:-1]) if p.isdigit()), default=-1)
         return ".".join(parts[last_index + 1 :])
 
-    suffixes = []
-    for k in dict.fromkeys(kind(n) for n in names):
-        members = {n for n in names if kind(n) == k}
-        parts = k.split(".")
-        candidates = (".".join(parts[-i:]) for i in range(1, len(parts)))
-        hits = (s for s in candidates if {n for n in names if _matches(n, s)} == members)
-        suffixes.append(next(hits, k))
-    return suffixes
+    targets = []
+    for suffix in dict.fromkeys(layer_suffix(n) for n in names):
+        members = {n for n in names if layer_suffix(n) == suffix}
+        parts = suffix.split(".")
+        shorter = (".".join(parts[-i:]) for i in range(1, len(parts)))
+        exact = (t for t in shorter if {n for n in names if _matches(n, t)} == members)
+        targets.append(next(exact, suffix))
+    return targets
 
 
 def inject_lora(
@@ -193,15 +212,13 @@ def inject_lora(
     alpha: float = 32.0,
     dropout: float = 0.0,
     rslora: bool = False,
-    base_dtype: torch.dtype | None = None,
 ) -> list[str]:
     """Wrap each nn.Linear matched by `targets` in a LoRALinear, then freeze all but LoRA.
 
     A target matches a module whose dotted name equals it or ends with '.' + target (PEFT's rule),
     so `output.dense` matches both `attention.output.dense` and the feed-forward `output.dense`.
     alpha = 32 is twice the default rank (the common alpha = 2r); like Hu et al. we keep alpha
-    fixed rather than re-tune it when r changes. `base_dtype`: see `cast_frozen`.
-    Returns the wrapped module names in model order.
+    fixed rather than re-tune it when r changes. Returns the wrapped module names in model order.
     """
     if isinstance(targets, str) or not targets:
         raise ValueError(f"targets must be a non-empty sequence of module names, got {targets!r}")
@@ -220,12 +237,9 @@ def inject_lora(
         )
     names = [n for n in linears if any(_matches(n, t) for t in targets)]
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, LoRALinear(getattr(parent, child), rank, alpha, dropout, rslora))
+        layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, rslora)
+        model.set_submodule(name, layer, strict=True)
     freeze_all_but_lora(model)
-    if base_dtype is not None:
-        cast_frozen(model, base_dtype)
     return names
 
 
@@ -264,48 +278,64 @@ def unmerge_lora(model: nn.Module) -> None:
         layer.unmerge()
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """`<name>.lora_A` (r, d_in), `<name>.lora_B` (d_out, r), `<name>.merged` () for each layer.
+def adapter_factors(state: dict[str, Tensor], prefix: str = "") -> dict[str, tuple[Tensor, Tensor]]:
+    """(A, B) of each adapted linear in `state`, by module name without `prefix`.
 
-    The names are those of model.state_dict(); the tensors are detached, not copied.
+    The keys are those LoRALinear gives its factors, `<prefix><module>.lora_A` (r, d_in) and
+    `.lora_B` (d_out, r); other keys are passed over. A run's weights.safetensors (the tagger's
+    trainable parameters, its encoder under the prefix `encoder.`) holds, with A and B tensors:
+
+        {"encoder.encoder.layer.0.attention.self.query.lora_A": A,
+         "encoder.encoder.layer.0.attention.self.query.lora_B": B, "head.weight": ..., ...}
+        -> {"encoder.layer.0.attention.self.query": (A, B)}          # prefix "encoder."
+
+    A factor without its partner, or an A and B of different rank, is a ValueError naming the key.
     """
-    state = {}
-    for name, layer in lora_layers(model).items():
-        state[f"{name}.lora_A"] = layer.lora_A.detach()
-        state[f"{name}.lora_B"] = layer.lora_B.detach()
-        state[f"{name}.merged"] = layer.merged
-    return state
+    pairs: dict[str, dict[str, Tensor]] = {}  # module -> {"lora_A": A, "lora_B": B}
+    for key, tensor in state.items():
+        module, _, factor = key.rpartition(".")
+        if key.startswith(prefix) and factor in ("lora_A", "lora_B"):
+            pairs.setdefault(module[len(prefix) :], {})[factor] = tensor
+    factors = {}
+    for module, pair in pairs.items():
+        missing = {"lora_A", "lora_B"} - set(pair)
+        if missing:
+            raise ValueError(f"{prefix}{module}.{missing.pop()} is missing")
+        A, B = pair["lora_A"], pair["lora_B"]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise ValueError(
+                f"{prefix}{module}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} are not "
+                "(r, d_in) and (d_out, r)"
+            )
+        factors[module] = (A, B)
+    return factors
 
 
-def load_lora_state_dict(model: nn.Module, state: dict[str, Tensor], strict: bool = True) -> None:
-    """Copy A and B into the model's LoRA layers and bring each to the saved merge state.
+def load_factors(model: nn.Module, factors: dict[str, tuple[Tensor, Tensor]]) -> None:
+    """Copy each (A, B) of `factors` (as `adapter_factors` returns them) into its LoRALinear.
 
-    The saved `merged` flag says whether the saving model's base weights held the update; this
-    model's base weights are its own, so each layer is unmerged, loaded, and re-merged if flagged.
-    A shape mismatch is always an error; missing or unexpected keys are errors when `strict`.
+    Every layer needs its pair, in its shapes. A merged layer is an error: its base weight holds
+    the old update, which unmerging would then fail to take out.
     """
-    expected = lora_state_dict(model)
-    if not expected:
+    layers = lora_layers(model)
+    if not layers:
         raise ValueError("model holds no LoRA layers; call inject_lora first")
-    problems = [
-        f"{key} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    if strict:
-        problems += [f"missing {key}" for key in expected if key not in state]
-        problems += [f"unexpected {key}" for key in state if key not in expected]
+    problems = [f"missing {name}" for name in layers if name not in factors]
+    problems += [f"unexpected {name}" for name in factors if name not in layers]
+    problems += [f"{name} is merged (unmerge it first)" for name in layers if layers[name].merged]
+    for name, (A, B) in factors.items():
+        layer = layers.get(name)
+        if layer is not None and (A.shape, B.shape) != (layer.lora_A.shape, layer.lora_B.shape):
+            problems.append(
+                f"{name} has A {tuple(A.shape)} and B {tuple(B.shape)}, expected "
+                f"{tuple(layer.lora_A.shape)} and {tuple(layer.lora_B.shape)}"
+            )
     if problems:
-        raise ValueError("cannot load LoRA state: " + "; ".join(problems))
-    for name, layer in lora_layers(model).items():
-        merge = bool(state.get(f"{name}.merged", layer._merged))
-        layer.unmerge()
-        with torch.no_grad():
-            for param in ("lora_A", "lora_B"):
-                if f"{name}.{param}" in state:
-                    getattr(layer, param).copy_(state[f"{name}.{param}"])
-        if merge:
-            layer.merge()
+        raise ValueError("cannot load LoRA factors: " + "; ".join(problems))
+    with torch.no_grad():
+        for name, (A, B) in factors.items():
+            layers[name].lora_A.copy_(A)
+            layers[name].lora_B.copy_(B)
 
 
 def _lora_config(model: nn.Module) -> dict:
@@ -395,15 +425,15 @@ def import_peft(model: nn.Module, folder: str | Path) -> list[str]:
     if not weights_path.is_file():
         raise ValueError(f"{weights_path}: not found (adapter_model.bin is not read)")
     tensors, _ = _read_safetensors(weights_path)
-    state = {}
+    state = {}  # our key layout: <module>.lora_A, <module>.lora_B
     for key, value in tensors.items():
-        match = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.(lora_A|lora_B)\.weight", key)
+        match = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+\.lora_[AB])\.weight", key)
         if match is None:
             raise ValueError(
                 f"{weights_path}: unexpected key {key}, expected {PEFT_PREFIX}"
                 "<module>.lora_A.weight or .lora_B.weight"
             )
-        state[f"{match[1]}.{match[2]}"] = value
+        state[match[1]] = value
     names = inject_lora(
         model,
         config["target_modules"],
@@ -412,9 +442,8 @@ def import_peft(model: nn.Module, folder: str | Path) -> list[str]:
         dropout=config.get("lora_dropout", 0.0),
         rslora=config.get("use_rslora", False),
     )
-    state |= {f"{name}.merged": torch.tensor(False) for name in names}
     try:
-        load_lora_state_dict(model, state)
+        load_factors(model, adapter_factors(state))
     except ValueError as err:
         raise ValueError(f"{weights_path}: {err}") from None
     return names

@@ -149,6 +149,6 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
     """Load a run's `weights.safetensors` into the model built for it."""
     try:
         state = load_file(str(path))
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same one-line error
+    except Exception as error:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
     load_trained_state(model, state, str(path))

@@ -24,7 +24,7 @@ def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[
     """Write `pareto.png` and `curves.png` into `output_dir`; the paths written.
 
     rows: one dict per experiment with `experiment`, `f1` (mean test F1), `f1_std` (None or 0
-    with one seed), `trainable_params` and `peak_memory_mb` (`peak_memory_kind` optional).
+    with one seed), `trainable_params` and `peak_memory_mb` (`peak_memory_measure` optional).
     curves: experiment → one list per seed of devel F1 per epoch,
     e.g. {"lora": [[0.41, 0.62], [0.45, 0.60]]}.
     No rows: nothing is written. No curve at all: only `pareto.png`.
@@ -53,11 +53,11 @@ def pareto_figure(rows: list[dict]):
 
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     by_params, by_memory = figure.subplots(1, 2, sharey=True)
-    kind = rows[0].get("peak_memory_kind")
+    measure = rows[0].get("peak_memory_measure")
     memory = {"cuda_max_allocated": "CUDA max allocated", "cpu_peak_rss": "process peak RSS"}
     panels = ((by_params, "trainable_params", "trainable parameters (log scale)"),
-              (by_memory, "peak_memory_mb", f"peak memory, MB ({memory.get(kind, kind)})"
-               if kind else "peak memory, MB"))
+              (by_memory, "peak_memory_mb", f"peak memory, MB ({memory.get(measure, measure)})"
+               if measure else "peak memory, MB"))
     for axes, key, label in panels:
         for row in rows:
             x, y = row[key], row["f1"]

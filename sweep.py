@@ -207,8 +207,20 @@ def write_record(run: Run, status_: str, reason: str = "") -> None:
 # Running: one spawned child per run
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this run's process when the sweep's process dies, however it dies,
+    so that no orphan run goes on writing into a folder a new sweep has taken over."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the request was made
+            os._exit(1)
+
+
 def child(cfg_values: dict, run_fingerprint_: str, threads: int, log_path: str | None) -> None:
     """The body of a run's process: train, then write the record (ok, or failed with why)."""
+    die_with_parent()
     if log_path:  # parallel runs write to their own log; the parent's terminal shows progress
         stream = open(log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         os.dup2(stream.fileno(), 1)

@@ -35,8 +35,15 @@ import lora
 import tracking
 from config import Config, ConfigError, config_help, experiment_configs, parse_overrides
 from files import run_dir, save_weights_atomic, write_atomic, write_bytes_atomic
-from model import (Tagger, build_tagger, count_parameters, load_encoder, load_trained_state,
-                   resolve_model, trained_state)
+from model import (
+    Tagger,
+    build_tagger,
+    count_parameters,
+    load_encoder,
+    load_trained_state,
+    resolve_model,
+    trained_state,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Optimisation
@@ -264,6 +271,8 @@ def train(cfg: Config) -> dict:
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    tracker = tracking.open_tracker(cfg.tracker, cfg.tracker_project, f"{cfg.name}/seed{cfg.seed}",
+                                    dataclasses.asdict(cfg), out / "tracker")  # fails fast
     device = pick_device(cfg)
     amp = autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)
@@ -314,8 +323,6 @@ def train(cfg: Config) -> dict:
         optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler_type))
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     trainable_params = [p for p in model.parameters() if p.requires_grad]
-    tracker = tracking.open_tracker(cfg.tracker, cfg.tracker_project, f"{cfg.name}/seed{cfg.seed}",
-                                    dataclasses.asdict(cfg), out / "tracker")
     log = (out / "log.jsonl").open("w", encoding="utf-8")
     progress = Progress(label, total_steps, cfg.log_every)
     if device.type == "cuda":
@@ -402,8 +409,9 @@ def train(cfg: Config) -> dict:
         "devel_eval_seconds": devel_seconds, "test_eval_seconds": test["seconds"],
         "train_tokens": real_tokens, "tokens_per_second": real_tokens / train_seconds,
         "padding_fraction": 1 - real_tokens / padded_tokens,
-        "peak_memory_mb": peak, "peak_memory_kind": peak_measure,
-        "train_windows": len(epoch_windows[0]), "steps": step, **method_report,
+        "peak_memory_mb": peak, "peak_memory_measure": peak_measure,
+        "train_windows": len(epoch_windows[0]), "steps": step,
+        "steps_per_epoch": steps_per_epoch, **method_report,
     }
     tracker.summary({"test_f1": test["f1"], "devel_f1": best["f1"],
                      "best_epoch": best["epoch"] + 1})

@@ -32,6 +32,9 @@ def test_mention_spans():
     tags = ["B-A", "I-A", "O", "I-B", "I-B", "B-B", "B-A", "I-B"]
     assert data.mention_spans(tags) == [(0, 2, "A"), (3, 5, "B"), (5, 6, "B"), (6, 7, "A"),
                                         (7, 8, "B")]
+    # the docstring's example
+    assert data.mention_spans(["B-Chemical", "I-Chemical", "O", "I-Disease"]) == [
+        (0, 2, "Chemical"), (3, 4, "Disease")]
 
 
 def test_bank_holds_training_mentions_only(tmp_path):
@@ -39,9 +42,9 @@ def test_bank_holds_training_mentions_only(tmp_path):
     write_iob(folder / "devel.tsv", [(["zzzdrug", "x"], ["B-Chemical", "O"])])
     corpus = data.load_corpus(str(folder))
     bank = data.build_mention_bank(corpus.train)
-    expected = {(kind, tuple(s.tokens[a:b])) for s in corpus.train
-                for a, b, kind in data.mention_spans(s.tags)}
-    assert {(kind, m) for kind, ms in bank.items() for m in ms} == expected
+    expected = {(entity_type, tuple(s.tokens[a:b])) for s in corpus.train
+                for a, b, entity_type in data.mention_spans(s.tags)}
+    assert {(entity_type, m) for entity_type, ms in bank.items() for m in ms} == expected
     assert all(("zzzdrug",) not in ms for ms in bank.values())
 
 
@@ -68,9 +71,9 @@ def test_swap_keeps_context_and_entity_sequence(p):
         words, tags = data.swap_mentions(s.tokens, s.tags, bank, p, rng)
         assert len(words) == len(tags) and is_valid_bio(tags)
         old, new = data.mention_spans(s.tags), data.mention_spans(tags)
-        assert [k for _, _, k in new] == [k for _, _, k in old]  # same count and types, in order
-        for a, b, kind in new:
-            assert tuple(words[a:b]) in bank[kind]
+        assert [t for _, _, t in new] == [t for _, _, t in old]  # same count and types, in order
+        for a, b, entity_type in new:
+            assert tuple(words[a:b]) in bank[entity_type]
         outside = [w for i, w in enumerate(s.tokens) if s.tags[i] == "O"]
         assert [w for i, w in enumerate(words) if tags[i] == "O"] == outside
         changed += words != s.tokens

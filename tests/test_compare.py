@@ -74,7 +74,7 @@ def test_grid_marks_the_best_devel_combination_and_never_uses_test(tmp_path):
                                                   "per_type": {}},
                 "devel": {"f1": devel}, "trainable_params": 1, "total_params": 1,
                 "setup_seconds": 0, "train_seconds": 1, "tokens_per_second": 1,
-                "peak_memory_mb": 1, "peak_memory_kind": "cpu_peak_rss"}
+                "peak_memory_mb": 1, "peak_memory_measure": "cpu_peak_rss"}
 
     # The first combination is better on devel, the second on test: devel decides.
     finished = {"lora[lr=0.001]": [run("lora[lr=0.001]", 0.9, 0.1)],
@@ -91,7 +91,7 @@ def test_terminal_table_stays_narrow_with_many_types():
            "f1": 0.8, "f1_std": 0.01, "devel_f1": 0.81, "precision": 0.8, "recall": 0.8,
            "per_type_f1": types, "trainable_params": 296_837, "trainable_percent": 1.3,
            "setup_seconds": 3, "train_seconds": 100, "tokens_per_second": 2000,
-           "peak_memory_mb": 900, "peak_memory_kind": "cpu_peak_rss", "selected_on_devel": False,
+           "peak_memory_mb": 900, "peak_memory_measure": "cpu_peak_rss", "selected_on_devel": False,
            "delta_f1": 0.01, "delta_ci_low": -0.002, "delta_ci_high": 0.02, "p_value": 0.04,
            "baseline": "full"}
     text = compare.ascii_table([row])

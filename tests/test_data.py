@@ -190,6 +190,17 @@ def test_windows_cover_every_word_once_in_order(tokenizer, max_length):
         assert len(windows) > len(sentences)  # long sentences really were split
 
 
+def test_make_windows_docstring_example():
+    sentence = data.TokenizedSentence(pieces=[[7], [8, 9], [10], [11, 12, 13], [14]],
+                                      tag_ids=[1, 2, 0, 3, 0])
+    assert data.make_windows([sentence], max_length=8, cls_id=101, sep_id=102) == [
+        data.Window(input_ids=[101, 7, 8, 9, 10, 102], word_starts=[1, 2, 4], tag_ids=[1, 2, 0],
+                    sentence=0, first_word=0, continues=False),
+        data.Window(input_ids=[101, 11, 12, 13, 14, 102], word_starts=[1, 4], tag_ids=[3, 0],
+                    sentence=0, first_word=3, continues=True),
+    ]
+
+
 def test_windows_after_the_first_are_flagged_as_continuing(tokenizer):
     sentences = [data.Sentence(t, g) for t, g in make_sentences(30, seed=5, max_words=30)]
     # 'the' is one piece and 'aspirin' seven: at max_length 10 the cut falls inside the mention

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_sentences, make_tiny_bert, write_iob
+from safetensors.torch import load_file, save_file
 
 import compare
 import config
 import fusion
 import lora
+import model
 import train
 
 
@@ -103,11 +106,14 @@ def test_merged_equals_unmerged_and_merge_is_idempotent():
         layer.merge()
         once = layer.base.weight.clone()
         layer.merge()
-        assert torch.equal(layer.base.weight, once)
+        assert torch.equal(layer.base.weight, once) and layer.merged
     torch.testing.assert_close(hidden(encoder), before, atol=1e-4, rtol=1e-4)  # fp32 rounding
     for layer, weight in zip(fusion.fusion_layers(encoder), weights):
         layer.unmerge()
+        layer.unmerge()
         torch.testing.assert_close(layer.base.weight, weight)
+        assert not layer.merged
+    torch.testing.assert_close(hidden(encoder), before)
     learned, _ = fused([CHEM, DISEASE], "merge")
     with pytest.raises(ValueError, match="merging needs fixed weights"):
         fusion.fusion_layers(learned)[0].merge()
@@ -193,6 +199,48 @@ def test_incompatible_sources_are_named():
         fused([CHEM, DISEASE], "merge", [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="needs fusion: merge with fixed weights"):
         fused([CHEM, DISEASE], "attention", rank=2)
+
+
+# ------------------------------------------------------------------ reading a run's adapter
+
+
+def save_lora_run(folder, rslora: bool):
+    """A LoRA tagger with random adapters, saved as a run saves it (config.json and the trainable
+    parameters in weights.safetensors, without training); returns the tagger."""
+    cfg = config.make_config({"gpu": -1, "method": "lora", "rank": 4, "alpha": 8.0,
+                              "rslora": rslora, "name": "chem", "model": "tiny"}, "test")
+    tagger, _ = model.build_tagger(cfg, ["O", "B-X", "I-X"], make_tiny_bert())
+    with torch.no_grad():
+        for layer in lora.lora_layers(tagger.encoder).values():
+            torch.nn.init.normal_(layer.lora_B)
+    folder.mkdir()
+    save_file(model.trained_state(tagger), str(folder / "weights.safetensors"))
+    (folder / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    return tagger
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_source_adapter_is_each_layers_update_in_the_run(tmp_path, rslora):
+    """The factors read from a run's weights, with the scale its config gives, are the trained
+    layers' ΔW = s B A: right keys (the tagger's encoder prefix) and right scale."""
+    layers = lora.lora_layers(save_lora_run(tmp_path / "run", rslora).encoder)
+    source = fusion.load_source_adapter(tmp_path / "run")
+    assert (source.name, source.model) == ("chem", "tiny")
+    assert set(source.factors) == set(layers)  # safetensors sorts its keys
+    for name, (A, B, s) in source.factors.items():
+        assert s == pytest.approx(8.0 / (2.0 if rslora else 4.0))  # alpha / sqrt(r) or alpha / r
+        torch.testing.assert_close(s * B @ A, layers[name].delta_weight())
+
+
+def test_source_adapter_with_half_a_pair_is_named(tmp_path):
+    save_lora_run(tmp_path / "run", rslora=False)
+    path = tmp_path / "run" / "weights.safetensors"
+    weights = load_file(str(path))
+    del weights["encoder.encoder.layer.1.attention.self.value.lora_B"]
+    save_file(weights, str(path))
+    with pytest.raises(ValueError, match="weights.safetensors: encoder.encoder.layer.1.attention"
+                                         ".self.value.lora_B is missing"):
+        fusion.load_source_adapter(tmp_path / "run")
 
 
 # ------------------------------------------------------------------ fusion sweeps

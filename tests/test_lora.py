@@ -1,5 +1,6 @@
 """Tests for lora.py: identity at init, the slow twin, merge invariants, gradients, targets,
-state-dict round trips, PEFT round trips both ways, and the bf16 frozen base under autocast."""
+reading an adapter out of a run's weights, PEFT round trips both ways, and the bf16 frozen base
+under autocast."""
 
 from __future__ import annotations
 
@@ -18,18 +19,20 @@ from lora import (
     DEFAULT_TARGETS,
     PEFT_WEIGHTS,
     LoRALinear,
+    _linear_suffixes,
+    adapter_factors,
+    cast_frozen,
     export_peft,
     import_peft,
     inject_lora,
-    load_lora_state_dict,
+    load_factors,
     lora_layers,
-    lora_state_dict,
     merge_lora,
     unmerge_lora,
 )
 
 FFN_TARGETS = (*DEFAULT_TARGETS, "intermediate.dense")
-ALL_KINDS = "query, key, value, attention.output.dense, intermediate.dense, output.dense"
+ALL_LINEARS = "query, key, value, attention.output.dense, intermediate.dense, output.dense"
 
 
 def make_batch(seed: int = 0, batch: int = 3, length: int = 12) -> dict[str, torch.Tensor]:
@@ -119,7 +122,7 @@ def test_merge_is_exact_idempotent_and_reversible():
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
     for name, layer in layers.items():
         torch.testing.assert_close(layer.base.weight, originals[name] + layer.delta_weight())
-        assert bool(model.state_dict()[f"{name}.merged"])
+        assert layer.merged is True
     once = {name: layer.base.weight.clone() for name, layer in layers.items()}
     merge_lora(model)
     model.train()
@@ -129,7 +132,7 @@ def test_merge_is_exact_idempotent_and_reversible():
     unmerge_lora(model)
     for name, layer in layers.items():
         torch.testing.assert_close(layer.base.weight, originals[name], atol=1e-6, rtol=0)
-        assert not bool(layer.merged)
+        assert layer.merged is False
     with torch.no_grad():
         torch.testing.assert_close(hidden(model, batch), unmerged, atol=1e-5, rtol=1e-5)
 
@@ -143,17 +146,6 @@ def test_training_while_merged_is_an_error():
         hidden(model.train(), batch)
     unmerge_lora(model)
     hidden(model, batch).sum().backward()
-
-
-def test_merged_flag_travels_with_the_full_state_dict():
-    source, batch = lora_bert(), make_batch()
-    merge_lora(source)
-    target = make_tiny_bert()
-    inject_lora(target, rank=4)
-    target.load_state_dict(source.state_dict())
-    assert all(layer._merged for layer in lora_layers(target).values())
-    with torch.no_grad():
-        assert torch.equal(hidden(target.eval(), batch), hidden(source, batch))
 
 
 # --- freezing and gradients -----------------------------------------------------------------
@@ -184,7 +176,7 @@ QKV = {"attention.self.query", "attention.self.key", "attention.self.value"}
 
 
 @pytest.mark.parametrize(
-    ("targets", "count", "kinds"),
+    ("targets", "count", "layer_suffixes"),
     [
         (("query", "value"), 4, {"attention.self.query", "attention.self.value"}),
         (DEFAULT_TARGETS, 8, QKV | {"attention.output.dense"}),
@@ -192,11 +184,11 @@ QKV = {"attention.self.query", "attention.self.key", "attention.self.value"}
         (("output.dense",), 4, {"attention.output.dense", "output.dense"}),
     ],
 )
-def test_targets_match_dotted_suffixes(targets, count, kinds):
+def test_targets_match_dotted_suffixes(targets, count, layer_suffixes):
     model = make_tiny_bert()
     names = inject_lora(model, targets, rank=2)
     assert len(names) == count == len(lora_layers(model))
-    assert {name.split(".", 3)[3] for name in names} == kinds  # drop "encoder.layer.<i>."
+    assert {name.split(".", 3)[3] for name in names} == layer_suffixes  # drop "encoder.layer.<i>."
     assert all(isinstance(model.get_submodule(name), LoRALinear) for name in names)
     assert f"{names[0]}.base.weight" in model.state_dict()
 
@@ -205,7 +197,19 @@ def test_targets_match_dotted_suffixes(targets, count, kinds):
 def test_unknown_target_lists_the_existing_linears(unknown):
     with pytest.raises(ValueError, match=f"target\\(s\\) {unknown} match no nn.Linear") as info:
         inject_lora(make_tiny_bert(), ("query", unknown))
-    assert str(info.value).endswith(ALL_KINDS)
+    assert str(info.value).endswith(ALL_LINEARS)
+
+
+def test_linear_suffixes_docstring_example():
+    names = [
+        "encoder.layer.0.attention.self.query",
+        "encoder.layer.0.attention.output.dense",
+        "encoder.layer.0.output.dense",
+        "encoder.layer.1.attention.self.query",
+        "encoder.layer.1.attention.output.dense",
+        "encoder.layer.1.output.dense",
+    ]
+    assert _linear_suffixes(names) == ["query", "attention.output.dense", "output.dense"]
 
 
 def test_double_injection_and_string_targets_are_errors():
@@ -217,51 +221,101 @@ def test_double_injection_and_string_targets_are_errors():
         inject_lora(make_tiny_bert(), "query")
 
 
-# --- save / load ----------------------------------------------------------------------------
+# --- reading an adapter back -------------------------------------------------------------
 
 
-def test_lora_state_dict_names_and_shapes():
-    model = lora_bert(("query",), rank=3)
-    state = lora_state_dict(model)
-    name = "encoder.layer.0.attention.self.query"
-    assert set(state) == {
-        f"encoder.layer.{i}.attention.self.query.{k}"
-        for i in (0, 1)
-        for k in ("lora_A", "lora_B", "merged")
+def run_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a run saves: the trainable parameters by name (model.trained_state)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_adapter_factors_docstring_example():
+    A, B = torch.randn(3, 32), torch.randn(32, 3)
+    state = {
+        "encoder.encoder.layer.0.attention.self.query.lora_A": A,
+        "encoder.encoder.layer.0.attention.self.query.lora_B": B,
+        "head.weight": torch.randn(5, 32),
+        "head.bias": torch.randn(5),
     }
-    assert state[f"{name}.lora_A"].shape == (3, 32) and state[f"{name}.lora_B"].shape == (32, 3)
-    assert set(state) <= set(model.state_dict())
+    factors = adapter_factors(state, "encoder.")
+    assert list(factors) == ["encoder.layer.0.attention.self.query"]
+    assert factors["encoder.layer.0.attention.self.query"][0] is A
+    assert factors["encoder.layer.0.attention.self.query"][1] is B
+
+
+def test_adapter_factors_names_and_shapes():
+    model = lora_bert(("query",), rank=3)
+    factors = adapter_factors(model.state_dict())  # base weights and all: only factors are read
+    layers = lora_layers(model)
+    assert (
+        list(factors) == list(layers) == [f"encoder.layer.{i}.attention.self.query" for i in (0, 1)]
+    )
+    for name, (A, B) in factors.items():
+        assert A.shape == (3, 32) and B.shape == (32, 3)
+        assert torch.equal(A, layers[name].lora_A) and torch.equal(B, layers[name].lora_B)
+    assert not any(key.endswith("merged") for key in model.state_dict())  # merge state: not saved
+
+
+@pytest.mark.parametrize(
+    ("drop", "shape", "words"),
+    [
+        ("lora_B", None, "lora_B is missing"),
+        ("lora_A", None, "lora_A is missing"),
+        (None, (2, 32), "lora_A (2, 32) and lora_B (32, 4) are not (r, d_in) and (d_out, r)"),
+    ],
+)
+def test_adapter_factors_rejects_a_half_or_misshaped_pair(drop, shape, words):
+    state = run_weights(lora_bert(("query",), rank=4))
+    key = "encoder.layer.1.attention.self.query"
+    if drop:
+        del state[f"{key}.{drop}"]
+    else:
+        state[f"{key}.lora_A"] = torch.zeros(shape)
+    with pytest.raises(ValueError) as info:
+        adapter_factors(state)
+    assert str(info.value) == f"{key}{'.' if drop else ': '}{words}"
 
 
 @pytest.mark.parametrize("merged", [False, True])
-def test_state_dict_round_trip_into_a_fresh_model(merged):
+def test_run_weights_round_trip_into_a_fresh_model(merged):
+    """A merged model saves the same A and B as an unmerged one; read back and loaded into a
+    fresh model (merged in turn, or not) they give the source's outputs."""
     source, batch = lora_bert(FFN_TARGETS, rslora=True), make_batch()
+    before = run_weights(source)
     if merged:
         merge_lora(source)
+    assert all(torch.equal(p, before[name]) for name, p in run_weights(source).items())
     target = make_tiny_bert()
     inject_lora(target, FFN_TARGETS, rank=4, rslora=True)
-    load_lora_state_dict(target, lora_state_dict(source))
-    assert all(layer._merged == merged for layer in lora_layers(target).values())
+    load_factors(target, adapter_factors(run_weights(source)))
+    if merged:
+        merge_lora(target)
     with torch.no_grad():
         assert torch.equal(hidden(target.eval(), batch), hidden(source, batch))
 
 
-def test_load_reports_missing_unexpected_and_misshaped_keys():
-    source = lora_bert(rank=4)
-    state = dict(lora_state_dict(source))
-    key = "encoder.layer.1.attention.self.key.lora_A"
-    del state[key]
-    state["encoder.layer.5.attention.self.key.lora_A"] = torch.zeros(4, 32)
+def test_load_factors_reports_missing_unexpected_misshaped_and_merged_layers():
+    factors = adapter_factors(run_weights(lora_bert(rank=4)))
+    name = "encoder.layer.1.attention.self.key"
+    del factors[name]
+    factors["encoder.layer.5.attention.self.key"] = (torch.zeros(4, 32), torch.zeros(32, 4))
     target = make_tiny_bert()
     inject_lora(target, rank=8)
     with pytest.raises(ValueError) as info:
-        load_lora_state_dict(target, state)
+        load_factors(target, factors)
     message = str(info.value)
-    assert f"missing {key}" in message
-    assert "unexpected encoder.layer.5.attention.self.key.lora_A" in message
+    assert f"missing {name}" in message
+    assert "unexpected encoder.layer.5.attention.self.key" in message
     assert (
-        "encoder.layer.0.attention.self.query.lora_B has shape (32, 4), expected (32, 8)" in message
+        "encoder.layer.0.attention.self.query has A (4, 32) and B (32, 4), "
+        "expected (8, 32) and (32, 8)" in message
     )
+    merged = lora_bert(rank=4)
+    merge_lora(merged)
+    with pytest.raises(ValueError, match="attention.self.query is merged"):
+        load_factors(merged, adapter_factors(run_weights(merged)))
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        load_factors(make_tiny_bert(), {})
 
 
 # --- PEFT interchange -----------------------------------------------------------------------
@@ -343,7 +397,8 @@ def test_import_peft_rejects_unsupported_options(tmp_path, field, value):
 def test_bf16_base_under_cpu_autocast():
     batch = make_batch()
     reference = lora_bert(FFN_TARGETS)
-    model = lora_bert(FFN_TARGETS, base_dtype=torch.bfloat16).train()
+    model = lora_bert(FFN_TARGETS).train()
+    cast_frozen(model, torch.bfloat16)
     for name, param in model.named_parameters():
         expected = torch.float32 if name.endswith((".lora_A", ".lora_B")) else torch.bfloat16
         assert param.dtype == expected, name

@@ -15,7 +15,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def row(name: str, f1: float, std: float | None, params: int, memory: float) -> dict:
     return {"experiment": name, "f1": f1, "f1_std": std, "trainable_params": params,
-            "peak_memory_mb": memory, "peak_memory_kind": "cpu_peak_rss"}
+            "peak_memory_mb": memory, "peak_memory_measure": "cpu_peak_rss"}
 
 
 ROWS = [row("full", 0.79, 0.004, 22_567_301, 1900.0), row("lora-r16", 0.77, None, 296_837, 1200.0),

@@ -20,7 +20,6 @@ from conftest import save_tiny_encoder, write_corpus
 import compare
 import config
 import sweep
-from files import run_dir
 
 ROOT = Path(compare.__file__).parent
 
@@ -249,10 +248,10 @@ def test_dry_run_trains_nothing(tmp_path, tiny_encoder, tiny_corpus, capsys):
     ("  - {name: a, rank: -4, method: lora}\n  - {name: b, dropout: 2}\n", "",
      ["sweep.yml:11: experiments[0] (a): key 'rank' must be >= 1, found -4",
       "sweep.yml:12: experiments[1] (b): key 'dropout' must be in [0, 1), found 2.0"]),
-    ("  - {name: a, learning_rate: 1}\n", "", ["sweep.yml:11: experiments[0] (a): unknown key "
-                                               "'learning_rate'"]),
-    ("  - {name: a, dataset: /no/such/folder}\n", "", ["experiment 'a': dataset "
-                                                       "'/no/such/folder'"]),
+    ("  - {name: a, learning_rate: 1}\n", "",
+     ["sweep.yml:11: experiments[0] (a): unknown key 'learning_rate'"]),
+    ("  - {name: a, dataset: /no/such/folder}\n", "",
+     ["experiment 'a': dataset '/no/such/folder'"]),
     ("  - {name: f, method: fusion, adapters: [nope]}\n", "",
      ["experiment 'f': adapter 'nope' is neither an experiment"]),
     ("  - {name: a}\n", "baseline: zzz\n", ["baseline 'zzz' is not an experiment"]),

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import make_sentences, make_tiny_bert, write_corpus, write_iob
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import config
 import data
@@ -148,7 +149,7 @@ def test_run_writes_config_metrics_log_predictions_and_weights(tmp_path, tiny_en
                 "trainable_params", "total_params", "padding_fraction"):
         assert metrics[key] > 0 or key == "padding_fraction"
     assert metrics["trainable_params"] == metrics["total_params"]  # full fine-tuning
-    assert metrics["peak_memory_kind"] == "cpu_peak_rss"
+    assert metrics["peak_memory_measure"] == "cpu_peak_rss"
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
 
 
@@ -292,3 +293,95 @@ def test_crf_run_trains_its_scores_at_crf_lr_and_decodes_valid_bio(tmp_path, tin
             tag = line.split()[2]
             assert not tag.startswith("I-") or previous[2:] == tag[2:], block
             previous = tag
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+def test_best_epoch_is_chosen_on_devel_and_test_is_scored_once_with_it(tmp_path, tiny_encoder,
+                                                                        monkeypatch):
+    """Scripted scores: devel peaks at epoch 2 while test would pick epoch 1 and the last epoch
+    is epoch 3. Choosing on test, or keeping the last epoch, fails here."""
+    corpus = write_corpus(tmp_path / "corpus", sizes=(40, 12, 9))  # devel 12, test 9 sentences
+    devel_scores, test_scores = iter([0.2, 0.9, 0.5]), iter([0.95, 0.1, 0.3])
+    seen = {"devel": [], "test": []}  # head weights at each scoring
+    real_evaluate = train.evaluate
+
+    def scripted(model_, split, *args):
+        metrics, predicted = real_evaluate(model_, split, *args)
+        name = "devel" if len(split) == 12 else "test"
+        seen[name].append(model_.head.weight.detach().clone())
+        metrics["f1"] = next(devel_scores if name == "devel" else test_scores)
+        return metrics, predicted
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    metrics = train.train(tiny_config(tmp_path, tiny_encoder, corpus, epochs=3))
+    assert metrics["best_epoch"] == 2 and metrics["devel"]["f1"] == 0.9
+    assert metrics["devel_f1_per_epoch"] == [0.2, 0.9, 0.5]
+    assert len(seen["devel"]) == 3 and len(seen["test"]) == 1
+    assert metrics["test"]["f1"] == 0.95  # the one test score, taken after training
+    torch.testing.assert_close(seen["test"][0], seen["devel"][1])  # epoch 2's weights
+    assert not torch.equal(seen["test"][0], seen["devel"][2])
+
+
+def test_evaluation_is_deterministic_with_dropout(tmp_path, tiny_encoder, tiny_corpus):
+    """Dropout everywhere in the encoder and before the head: evaluation must switch it off."""
+    encoder, tokenizer = model.load_encoder(str(tiny_encoder))
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.3
+    tagger = model.Tagger(encoder, num_tags=5, dropout=0.5).train()
+    labels = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
+    corpus = data.load_corpus(str(tiny_corpus))
+    windows = data.make_windows(data.tokenize_sentences(corpus.test, tokenizer, labels), 64,
+                                tokenizer.cls_token_id, tokenizer.sep_token_id)
+    batcher = train.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"))
+    batch = batcher(windows[:4])
+    noisy = [tagger(batch["input_ids"], batch["attention_mask"], batch["word_index"])
+             for _ in range(2)]
+    assert not torch.equal(*noisy)  # dropout is really on in train mode
+    first = train.predict_windows(tagger, windows, 8, batcher, None)
+    tagger.train()  # as the loop leaves it after an epoch
+    assert train.predict_windows(tagger, windows, 8, batcher, None) == first
+
+
+@pytest.mark.parametrize("max_grad_norm", [1e-3, 0.0])
+def test_gradients_are_clipped_before_every_step(tmp_path, tiny_encoder, tiny_corpus,
+                                                 max_grad_norm):
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"]
+                 if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train.train(tiny_config(tmp_path, tiny_encoder, tiny_corpus, epochs=1,
+                                max_grad_norm=max_grad_norm))
+    finally:
+        handle.remove()
+    assert len(norms) == 5  # 40 sentences, batches of 8
+    if max_grad_norm:
+        assert max(norms) <= max_grad_norm * (1 + 1e-4)
+    else:  # unclipped gradients are far larger: the check above can fail
+        assert min(norms) > 1e-2
+
+
+def test_schedule_spans_every_epoch_of_augmented_windows(tmp_path, tiny_encoder):
+    """Swaps change how many windows an epoch has; the linear schedule must still end at zero
+    on the very last step, never earlier."""
+    folder = tmp_path / "long"
+    for split, n in (("train", 30), ("devel", 6), ("test", 6)):
+        write_iob(folder / f"{split}.tsv", make_sentences(n, seed=len(split), min_words=8,
+                                                          max_words=14))
+    cfg = tiny_config(tmp_path, tiny_encoder, folder, epochs=4, max_length=12, log_every=1,
+                      lr_scheduler_type="linear", aug={"p": 1.0, "copies": 1})
+    metrics = train.train(cfg)
+    assert len(set(metrics["steps_per_epoch"])) > 1  # the case this test is about
+    assert metrics["steps"] == sum(metrics["steps_per_epoch"])
+    log = [json.loads(line) for line in (run_dir(cfg) / "log.jsonl").read_text().splitlines()]
+    rates = [entry["lr"] for entry in log if "lr" in entry]
+    assert len(rates) == metrics["steps"]
+    assert rates[-1] == 0.0 and min(rates[:-1]) > 0.0
