@@ -179,7 +179,8 @@ def signed(x: float) -> str:
 class Column:
     header: str
     cell: Callable[[dict], str]
-    terminal: bool = True  # shown in the terminal table too (summary.md shows every column)
+    terminal: bool = True  # in the terminal's table, which must stay narrow
+    file: bool = True  # in summary.md
 
 
 def _f1(row: dict) -> str:
@@ -218,12 +219,13 @@ COLUMNS = [
     Column("P", _when(lambda r: f"{r['precision']:.4f}"), terminal=False),
     Column("R", _when(lambda r: f"{r['recall']:.4f}"), terminal=False),
     Column("trainable params", _when(lambda r: (
-        f"{r['trainable_params']:,} ({r['trainable_percent']:.2f}%)"))),
+        f"{r['trainable_params']:,} ({r['trainable_percent']:.2f}%)")), terminal=False),
+    Column("params", _when(lambda r: f"{r['trainable_params']:,}"), file=False),
     Column("setup s", _when(lambda r: f"{r['setup_seconds']:.0f}"),
            terminal=False),
     Column("train s", _when(lambda r: f"{r['train_seconds']:.0f}"),
            terminal=False),
-    Column("tokens/s", _when(lambda r: f"{r['tokens_per_second']:.0f}")),
+    Column("tokens/s", _when(lambda r: f"{r['tokens_per_second']:.0f}"), terminal=False),
     Column("peak MB", _when(lambda r: (
         f"{r['peak_memory_mb']:.0f} "
         f"{'CUDA' if r['peak_memory_measure'] == 'cuda_max_allocated' else 'RSS'}"))),
@@ -281,7 +283,8 @@ def markdown_table(rows: list[dict], plots: list[Path]) -> str:
         return "\n".join("| " + " | ".join(line) + " |"
                          for line in [header, ["---"] * len(header)] + lines)
 
-    main = table([c.header for c in COLUMNS], [[c.cell(r) for c in COLUMNS] for r in rows])
+    shown = [c for c in COLUMNS if c.file]
+    main = table([c.header for c in shown], [[c.cell(r) for c in shown] for r in rows])
     parts = [main, ""] + [f"{note}  " for note in footnotes(rows)]
     header, lines = per_type_lines(rows)
     if len(header) > 1:

