@@ -102,3 +102,11 @@ def write_corpus(folder: Path, sizes=(40, 12, 12), seed: int = 0) -> Path:
 @pytest.fixture
 def tiny_corpus(tmp_path) -> Path:
     return write_corpus(tmp_path / "corpus")
+
+
+def assert_error_names_line(read, path: Path, text: str, line: int, words: str) -> None:
+    """`read(path)` of a file holding `text` raises a ValueError naming `path:line` and `words`."""
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        read(path)
+    assert f"{path}:{line}:" in str(error.value) and words in str(error.value)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import make_sentences, write_corpus, write_iob
+from conftest import assert_error_names_line, make_sentences, write_corpus, write_iob
 from transformers import AutoTokenizer
 
 import data
@@ -29,11 +29,7 @@ def test_reader_accepts_tabs_spaces_and_middle_columns(tmp_path):
     ("a\tO\n\nb\tB-\n", 3, "is not O, B-<type> or I-<type>"),
 ])
 def test_reader_errors_name_file_and_line(tmp_path, text, line, words):
-    path = tmp_path / "bad.tsv"
-    path.write_text(text)
-    with pytest.raises(ValueError) as error:
-        data.read_iob(path)
-    assert f"{path}:{line}:" in str(error.value) and words in str(error.value)
+    assert_error_names_line(data.read_iob, tmp_path / "bad.tsv", text, line, words)
 
 
 def test_reader_rejects_empty_token_and_empty_split(tmp_path):

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from conftest import assert_error_names_line
 from seqeval.metrics import f1_score
 
 import data
@@ -51,10 +52,7 @@ def test_reads_what_train_writes(tmp_path):
 ])
 def test_malformed_line_names_file_and_line(tmp_path, text, line, words):
     path = tmp_path / "predictions.txt"
-    path.write_text(text)
-    with pytest.raises(ValueError) as error:
-        significance.read_predictions(path)
-    assert f"{path}:{line}:" in str(error.value) and words in str(error.value)
+    assert_error_names_line(significance.read_predictions, path, text, line, words)
     path.write_text("\n\n")
     with pytest.raises(ValueError, match="no sentences"):
         significance.read_predictions(path)
