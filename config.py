@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import re
 import textwrap
 import types
 import typing
@@ -412,15 +413,16 @@ def _keys_help(cls) -> str:
     text, above = [], []
     for line in lines:
         stripped = line.strip()
+        field = re.match(r"(\w+): [^=]+=", stripped)  # `key: type = default  # why`
         if stripped.startswith("# ---"):
             text.append(f"\n  {stripped[5:].strip()}")
             above = []
-        elif stripped.startswith(("#", '"""')):
-            if stripped.startswith('"""'):
-                continue
+        elif stripped.startswith("#"):
             above.append(stripped[1:].strip())
-        elif ":" in stripped and not stripped.startswith(("def ", "@")):
-            key = stripped.split(":")[0]
+        elif not field:  # a docstring or a blank line: the comments above were not a field's
+            above = []
+        else:
+            key = field.group(1)
             beside = stripped.split("  # ", 1)[1] if "  # " in stripped else ""
             why = " ".join(above + ([beside] if beside else []))
             text.append(textwrap.fill(f"{key} (default {defaults[key]!r}): {why}", width=100,
