@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import importlib.util
 import io
 import json
@@ -107,10 +108,17 @@ def grid_groups(configs: list[config.Config]) -> dict[str, list[str]]:
     return groups
 
 
+@functools.cache
+def predicted_counts(path: str, mtime_ns: int):
+    """(S, 3) entity counts of one run's test predictions; the table is rebuilt after every run,
+    so each file is read once (a rewritten file has a new mtime)."""
+    return significance.sentence_counts(*significance.read_predictions(path))
+
+
 def test_counts(runs: list[dict]) -> list:
     """Per-run (S, 3) entity counts of the test predictions, in seed order."""
-    return [significance.sentence_counts(*significance.read_predictions(
-        Path(r["run_dir"]) / "predictions.txt")) for r in sorted(runs, key=lambda r: r["seed"])]
+    paths = [Path(r["run_dir"]) / "predictions.txt" for r in sorted(runs, key=lambda r: r["seed"])]
+    return [predicted_counts(str(p), p.stat().st_mtime_ns) for p in paths]
 
 
 def summarise(configs: list[config.Config], finished: dict[str, list[dict]],

@@ -255,8 +255,7 @@ def make_config(values: dict, source: str = "config", where=None) -> Config:
         cfg = Config(**typed)
         problems = value_problems(cfg)
     if problems:
-        raise ConfigError("\n".join(f"{where(key) or source}: {source}: {message}"
-                                    if where(key) else f"{source}: {message}"
+        raise ConfigError("\n".join(": ".join(filter(None, (where(key), source, message)))
                                     for key, message in problems))
     if cfg.fp16:
         cfg.precision = "fp16"

@@ -32,6 +32,7 @@ import torch
 
 import config
 import data
+import train
 from model import Tagger, build_tagger, load_encoder, load_weights_file
 
 
@@ -62,32 +63,15 @@ class TrainedTagger:
         tokenized = data.tokenize_sentences(plain, tokenizer, self.labels)
         windows = data.make_windows(tokenized, self.max_length, tokenizer.cls_token_id,
                                     tokenizer.sep_token_id)
-        by_window: list[list[int]] = [[] for _ in windows]
-        lengths = [len(w.input_ids) for w in windows]
-        # Padding to 1 (none): the same batches, shapes and numbers as training's CPU evaluation.
-        for indices in data.sorted_batches(lengths, cfg.eval_batch_size):
-            batch = data.collate([windows[i] for i in indices], tokenizer.pad_token_id,
-                                 self.max_length, 1)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with self.autocast():
-                emissions = self.model(batch["input_ids"], batch["attention_mask"],
-                                       batch["word_index"])  # (B, W, K)
-            predicted = self.model.predict(emissions, batch["word_mask"],
-                                           batch.get("continues")).cpu()  # (B, W)
-            for row, i in enumerate(indices):
-                by_window[i] = predicted[row, :len(windows[i].word_starts)].tolist()
+        # Padding to 1 (none): the same batches, shapes and numbers as the run's CPU evaluation.
+        batcher = train.Batcher(tokenizer.pad_token_id, self.max_length, 1, self.device)
+        amp = train.autocast_dtype(cfg.precision, self.device)
+        by_window = train.predict_windows(self.model, windows, cfg.eval_batch_size, batcher, amp)
         by_sentence = data.merge_window_predictions(windows, by_window,
                                                     [len(s.tokens) for s in plain])
         for i, tag_ids in zip(kept, by_sentence):
             result[i] = [self.labels[t] for t in tag_ids]
         return result
-
-    def autocast(self) -> torch.autocast:
-        """fp32 on the CPU; on CUDA the run's own precision (bf16 or fp16), as it was scored."""
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
-        return torch.autocast(self.device.type, dtype=dtype or torch.float32,
-                              enabled=self.device.type == "cuda" and dtype is not None)
-
 
 def read_json(path: Path):
     try:

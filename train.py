@@ -111,7 +111,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16" and device.type == "cuda":
         return torch.float16
     if precision == "fp16":
-        print("precision fp16 needs CUDA; running fp32 on the CPU")
+        print("precision fp16 needs CUDA; running fp32 on the CPU", file=sys.stderr)
     return None
 
 
