@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import config
+import scoring
 import significance
 import sweep
 from files import run_dir, write_atomic
@@ -112,7 +113,7 @@ def grid_groups(configs: list[config.Config]) -> dict[str, list[str]]:
 def predicted_counts(path: str, mtime_ns: int):
     """(S, 3) entity counts of one run's test predictions; the table is rebuilt after every run,
     so each file is read once (a rewritten file has a new mtime)."""
-    return significance.sentence_counts(*significance.read_predictions(path))
+    return scoring.sentence_counts(*significance.read_predictions(path))
 
 
 def test_counts(runs: list[dict]) -> list:

@@ -50,7 +50,10 @@ class Tagger(nn.Module):
         if self.crf is not None:  # collate's masks are valid by construction: no host sync
             return self.crf.nll(emissions, tags, word_mask, continues=continues,
                                 check_values=False)
-        return F.cross_entropy(emissions[word_mask].float(), tags[word_mask])
+        # Padded words ignored by index, not removed by a boolean mask (that would sync the host)
+        targets = tags.masked_fill(~word_mask, -100)  # (B, W)
+        return F.cross_entropy(emissions.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=-100)
 
     def predict(self, emissions, word_mask, continues=None) -> torch.Tensor:
         """(B, W) tag ids; values at padded words are meaningless."""

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,9 @@ import torch
 
 import config
 import data
+import scoring
 import train
+from files import write_atomic
 from model import Tagger, build_tagger, load_encoder, load_weights_file
 
 
@@ -165,23 +166,6 @@ def format_output(sentences: list[list[str]], predicted: list[list[str]],
     return "\n\n".join(blocks) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temporary file and rename: an interrupted run never leaves half an output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
-    """seqeval entity-level micro P/R/F1 (default, conlleval-style mode), as train.py scores."""
-    from seqeval.metrics import f1_score, precision_score, recall_score
-
-    return {"precision": precision_score(gold, predicted, zero_division=0),
-            "recall": recall_score(gold, predicted, zero_division=0),
-            "f1": f1_score(gold, predicted, zero_division=0)}
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -224,7 +208,7 @@ def main(argv: list[str]) -> int:
     else:
         sys.stdout.write(text)
     if gold is not None:
-        s = entity_scores(gold, predicted)
+        s = scoring.score(gold, predicted)
         print(f"{args.input}: {len(sentences)} sentences, entity level P {s['precision']:.4f} "
               f"R {s['recall']:.4f} F1 {s['f1']:.4f}", file=sys.stderr)
     return 0

@@ -8,10 +8,10 @@ draw, so the sentence-to-sentence variation they share cancels out of their diff
 
 1. `read_predictions` reads a run's `predictions.txt` (`token gold predicted` per line, a blank
    line between sentences, as train.py writes it).
-2. `sentence_counts` reduces a run to (true positives, predicted entities, gold entities) per
-   sentence, (S, 3), with seqeval's default (conlleval-style) entity extraction, as train.score
-   uses. An entity never crosses a sentence, so the micro F1 of any set of sentences is the F1
-   of the sum of their rows: a replicate costs a weighted sum, not a rescoring.
+2. `scoring.sentence_counts` reduces a run to (true positives, predicted entities, gold
+   entities) per sentence, (S, 3), with the entities train.py scores. An entity never crosses a
+   sentence, so the micro F1 of any set of sentences is the F1 of the sum of their rows: a
+   replicate costs a weighted sum, not a rescoring.
 3. `paired_bootstrap` takes several runs (seeds) per system, paired in order. The difference is
    mean F1 over system A's runs minus mean F1 over B's; every replicate applies one draw of
    sentences to every run of both sides. It returns the difference on the full test set, the
@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 from seqeval.metrics import f1_score
-from seqeval.metrics.sequence_labeling import get_entities
 
 from data import check_tag
+from scoring import micro_f1
 
 
 def read_predictions(path: str | Path) -> tuple[list[list[str]], list[list[str]]]:
@@ -74,46 +74,6 @@ def read_predictions(path: str | Path) -> tuple[list[list[str]], list[list[str]]
     if not gold:
         raise ValueError(f"{path}: no sentences")
     return gold, predicted
-
-
-def sentence_counts(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]
-                    ) -> np.ndarray:
-    """(S, 3) int: per sentence, (true positives, predicted entities, gold entities).
-
-    Entities are seqeval's (type, first word, last word) in its default mode, so an I-X after
-    O or after another type starts an entity, as in conlleval and train.score. Example:
-    gold [B-A I-A O], predicted [I-A I-A B-A] -> [1, 2, 1].
-    """
-    if len(gold) != len(predicted):
-        raise ValueError(f"{len(gold)} gold sentences but {len(predicted)} predicted ones")
-    counts = np.zeros((len(gold), 3), dtype=np.int64)  # (S, 3)
-    for s, (true_tags, predicted_tags) in enumerate(zip(gold, predicted)):
-        if len(true_tags) != len(predicted_tags):
-            raise ValueError(f"sentence {s}: {len(true_tags)} gold tags but "
-                             f"{len(predicted_tags)} predicted ones")
-        true = set(get_entities(list(true_tags)))
-        guessed = set(get_entities(list(predicted_tags)))
-        counts[s] = len(true & guessed), len(guessed), len(true)
-    return counts
-
-
-def micro_f1(totals: np.ndarray) -> np.ndarray:
-    """Micro F1 (...) of summed counts (..., 3); 0 without predicted or gold entities.
-
-    Precision and recall first, then 2 P R / (P + R): seqeval's order of operations, so that
-    the figures agree with it to the last bit.
-    """
-    tp, guessed, true = (totals[..., i].astype(np.float64) for i in range(3))  # (...) each
-    precision = np.divide(tp, guessed, out=np.zeros_like(tp), where=guessed > 0)
-    recall = np.divide(tp, true, out=np.zeros_like(tp), where=true > 0)
-    both = precision + recall
-    return np.divide(2 * precision * recall, both, out=np.zeros_like(tp), where=both > 0)
-
-
-def f1_from_counts(counts: np.ndarray) -> float:
-    """Micro F1 of the sentences whose counts (S, 3) are given (or of one (3,) total)."""
-    counts = np.asarray(counts)
-    return float(micro_f1(counts.sum(0) if counts.ndim == 2 else counts))
 
 
 def bootstrap_indices(sentences: int, resamples: int, seed: int) -> np.ndarray:

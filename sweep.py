@@ -287,15 +287,16 @@ def execute(runs: list[Run], parallel: int, on_finish, target=None) -> list[Run]
     running: dict[int, tuple[Run, multiprocessing.Process]] = {}  # slot -> run
     done: dict[tuple[str, int], bool] = {}  # key -> finished ok
     failed = []
+    unreported: list[tuple[Run, dict]] = []  # ended, on_finish not yet called
 
-    def finish(run: Run, record: dict) -> None:
+    def settle(run: Run, record: dict) -> None:
         done[run.key] = record["status"] == "ok"
         if not done[run.key]:
             failed.append(run)
-        on_finish(run, record)
+        unreported.append((run, record))
 
     try:
-        while pending or running:
+        while pending or running or unreported:
             for run in list(pending):
                 if len(running) == parallel:
                     break
@@ -308,7 +309,7 @@ def execute(runs: list[Run], parallel: int, on_finish, target=None) -> list[Run]
                 if broken:
                     write_record(run, "failed", f"source {broken[0][0]} seed {broken[0][1]} "
                                                 f"failed")
-                    finish(run, read_json(run_dir(run.cfg) / RECORD))
+                    settle(run, read_json(run_dir(run.cfg) / RECORD))
                     continue
                 slot = min(set(range(parallel)) - set(running))
                 cfg = dataclasses.replace(run.cfg, gpu=slots[slot])
@@ -322,6 +323,10 @@ def execute(runs: list[Run], parallel: int, on_finish, target=None) -> list[Run]
                     args=(dataclasses.asdict(cfg), run.fingerprint, threads, log_path))
                 process.start()
                 running[slot] = (run, process)
+            # Reported once the free slots are refilled: rebuilding the table (seconds, with
+            # plots) then overlaps the next runs instead of holding them back.
+            while unreported:
+                on_finish(*unreported.pop(0))
             if not running:
                 continue
             wait([p.sentinel for _, p in running.values()])
@@ -334,7 +339,7 @@ def execute(runs: list[Run], parallel: int, on_finish, target=None) -> list[Run]
                 if record is None:  # died before it could say why
                     write_record(run, "failed", exit_reason(process.exitcode))
                     record = read_json(run_dir(run.cfg) / RECORD)
-                finish(run, record)
+                settle(run, record)
     except KeyboardInterrupt:
         for _, process in running.values():
             process.terminate()

@@ -32,6 +32,7 @@ import torch
 import data
 import fingerprint
 import lora
+import scoring
 import tracking
 from config import Config, ConfigError, config_help, experiment_configs, parse_overrides
 from files import run_dir, save_weights_atomic, write_atomic, write_bytes_atomic
@@ -155,19 +156,6 @@ def predict_windows(model: Tagger, windows: list[data.Window], batch_size: int,
     return predictions
 
 
-def score(gold: list[list[str]], predicted: list[list[str]]) -> dict:
-    """seqeval entity-level micro P/R/F1 and per-type scores (default, conlleval-style mode)."""
-    from seqeval.metrics import classification_report
-
-    report = classification_report(gold, predicted, output_dict=True, zero_division=0)
-    micro = report["micro avg"]
-    per_type = {t: {"precision": r["precision"], "recall": r["recall"], "f1": r["f1-score"],
-                    "support": int(r["support"])}
-                for t, r in report.items() if not t.endswith(" avg")}
-    return {"precision": micro["precision"], "recall": micro["recall"], "f1": micro["f1-score"],
-            "per_type": per_type}
-
-
 def evaluate(model: Tagger, split: list[data.Sentence], windows: list[data.Window],
              labels: list[str], batch_size: int, batcher: Batcher, amp: torch.dtype | None
              ) -> tuple[dict, list]:
@@ -176,7 +164,7 @@ def evaluate(model: Tagger, split: list[data.Sentence], windows: list[data.Windo
     by_window = predict_windows(model, windows, batch_size, batcher, amp)
     by_sentence = data.merge_window_predictions(windows, by_window, [len(s.tokens) for s in split])
     predicted = [[labels[t] for t in sentence] for sentence in by_sentence]
-    metrics = score([s.tags for s in split], predicted)
+    metrics = scoring.score([s.tags for s in split], predicted)
     metrics["seconds"] = time.perf_counter() - started
     return metrics, predicted
 

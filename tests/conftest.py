@@ -110,3 +110,23 @@ def assert_error_names_line(read, path: Path, text: str, line: int, words: str) 
     with pytest.raises(ValueError) as error:
         read(path)
     assert f"{path}:{line}:" in str(error.value) and words in str(error.value)
+
+
+# Tag sequences for the scoring and significance tests
+TAGS = ["O", "B-A", "I-A", "B-B", "I-B"]
+
+
+def random_tags(n_sentences: int, seed: int, max_words: int = 12) -> list[list[str]]:
+    """Tag sequences drawn uniformly from TAGS, so ill-formed ones (I-A after O, B-A I-B, I-B at
+    the start) are common."""
+    rng = random.Random(seed)
+    return [[rng.choice(TAGS) for _ in range(rng.randint(1, max_words))]
+            for _ in range(n_sentences)]
+
+
+def noisy_copy(gold: list[list[str]], error: float, seed: int) -> list[list[str]]:
+    """A system's predictions: each tag of `gold` replaced by a random one with probability
+    `error`."""
+    rng = random.Random(seed)
+    return [[rng.choice(TAGS) if rng.random() < error else t for t in sentence]
+            for sentence in gold]

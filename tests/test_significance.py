@@ -1,37 +1,16 @@
-"""significance.py: reading predictions, seqeval-equal counts, and the paired bootstrap against
-a plain loop over replicates. Dimensions: S sentences, N runs per system."""
+"""significance.py: reading predictions, and the paired bootstrap against a plain loop over
+replicates. Dimensions: S sentences, N runs per system."""
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
-from conftest import assert_error_names_line
-from seqeval.metrics import f1_score
+from conftest import assert_error_names_line, noisy_copy, random_tags
 
 import data
 import significance
 import train
-
-TAGS = ["O", "B-A", "I-A", "B-B", "I-B"]
-
-
-def random_tags(n_sentences: int, seed: int, max_words: int = 12) -> list[list[str]]:
-    """Tag sequences drawn uniformly from TAGS, so ill-formed ones (I-A after O, B-A I-B, I-B at
-    the start) are common."""
-    rng = random.Random(seed)
-    return [[rng.choice(TAGS) for _ in range(rng.randint(1, max_words))]
-            for _ in range(n_sentences)]
-
-
-def noisy_copy(gold: list[list[str]], error: float, seed: int) -> list[list[str]]:
-    """A system's predictions: each tag of `gold` replaced by a random one with probability
-    `error`."""
-    rng = random.Random(seed)
-    return [[rng.choice(TAGS) if rng.random() < error else t for t in sentence]
-            for sentence in gold]
-
+from scoring import sentence_counts
 
 # ------------------------------------------------------------------ reading
 
@@ -58,36 +37,6 @@ def test_malformed_line_names_file_and_line(tmp_path, text, line, words):
         significance.read_predictions(path)
 
 
-# ------------------------------------------------------------------ counts and F1
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_summed_counts_give_seqeval_micro_f1(seed):
-    gold = random_tags(60, seed=seed)
-    predicted = noisy_copy(gold, 0.4, seed=seed + 100)
-    counts = significance.sentence_counts(gold, predicted)  # (S, 3)
-    assert counts.shape == (60, 3) and (counts[:, 0] <= counts[:, 1:].min(1)).all()
-    assert significance.f1_from_counts(counts) == f1_score(gold, predicted)
-    assert significance.f1_from_counts(counts[:17]) == f1_score(gold[:17], predicted[:17])
-
-
-def test_counts_of_ill_formed_sequences_follow_conlleval():
-    gold = [["B-A", "I-A", "O"], ["I-B", "I-B", "O", "I-A"], ["B-A", "I-B"]]
-    predicted = [["I-A", "I-A", "B-A"], ["B-B", "I-B", "O", "O"], ["B-A", "I-A"]]
-    # I-X after O or another type starts an entity: gold has A(0-1) | B(0-1), A(3) | A(0), B(1)
-    counts = significance.sentence_counts(gold, predicted)
-    assert counts.tolist() == [[1, 2, 1], [1, 1, 2], [0, 1, 2]]
-    with pytest.raises(ValueError, match="sentence 0: 3 gold tags but 2 predicted"):
-        significance.sentence_counts([["O"] * 3], [["O"] * 2])
-
-
-def test_f1_is_zero_without_predicted_or_gold_entities():
-    assert significance.f1_from_counts(np.array([[0, 0, 3]])) == 0.0
-    assert significance.f1_from_counts(np.array([[0, 2, 0]])) == 0.0
-    assert significance.f1_from_counts(np.zeros((4, 3), dtype=int)) == 0.0
-    assert significance.f1_from_counts(np.array([3, 4, 6])) == pytest.approx(0.6)
-
-
 # ------------------------------------------------------------------ the paired bootstrap
 
 
@@ -97,7 +46,7 @@ def system(gold, error: float, seeds) -> list[tuple[list, list]]:
 
 
 def counts_of(runs) -> list[np.ndarray]:
-    return [significance.sentence_counts(gold, predicted) for gold, predicted in runs]
+    return [sentence_counts(gold, predicted) for gold, predicted in runs]
 
 
 def test_vectorised_equals_a_loop_over_replicates_with_seqeval():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -189,6 +190,29 @@ def test_parallel_runs_match_serial_runs_and_lora_peaks_below_full(tmp_path, tin
     for rows in (table(serial), table(parallel)):
         by_name = {r["experiment"]: r for r in rows}
         assert float(by_name["lora"]["peak_memory_mb"]) < float(by_name["full"]["peak_memory_mb"])
+
+
+def instant_child(cfg_values, fingerprint, threads, log_path):
+    """A run body that records success at once, after 2 s for experiment `slow`."""
+    if cfg_values["name"] == "slow":
+        time.sleep(2)
+    cfg = config.make_config(cfg_values, "test")
+    sweep.write_record(sweep.Run(cfg, fingerprint), "ok")
+    (sweep.run_dir(cfg) / "metrics.json").write_text("{}")
+
+
+def test_a_freed_slot_is_refilled_before_the_finished_run_is_reported(tmp_path):
+    """Reporting a run rebuilds the table (seconds); the next run must not wait for it."""
+    runs = [sweep.Run(config.Config(name=name, output_dir=str(tmp_path)), name)
+            for name in ("quick", "slow")]
+    alive_when_reported = {}
+
+    def on_finish(run, record):
+        assert record["status"] == "ok"
+        alive_when_reported[run.cfg.name] = [p.name for p in multiprocessing.active_children()]
+
+    assert sweep.execute(runs, parallel=1, on_finish=on_finish, target=instant_child) == []
+    assert alive_when_reported == {"quick": ["slow seed 42"], "slow": []}
 
 
 def test_cpu_threads_and_device_slots():
