@@ -15,8 +15,10 @@ global pyplot backend of a caller that has one (a notebook). Left out: interacti
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
+
+from files import write_bytes_atomic
 
 
 def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[float]]]
@@ -40,10 +42,11 @@ def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[
 
 
 def save_atomic(figure, path: Path) -> Path:
-    """Temporary file and rename: a reader never sees half a PNG."""
-    temporary = path.with_name(path.name + ".tmp")
-    figure.savefig(temporary, format="png", dpi=120)
-    os.replace(temporary, path)
+    """Whole or not at all, as every file of a sweep (files.py): shards that rebuild the
+    table at the same moment never trip over each other's half-written PNG."""
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=120)
+    write_bytes_atomic(path, png.getvalue())
     return path
 
 
