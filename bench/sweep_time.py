@@ -7,9 +7,10 @@ Runs `compare.py CONFIG.yml --output_dir=OUT_DIR ...` in a fresh process (nothin
 OUT_DIR must not exist), times it, and prints one line per run from its records plus the
 totals. `--limit` stops the sweep (its whole process group) after that many seconds and reports
 how many of the planned runs had finished by then: on a lent GPU with minutes of device time,
-a sweep that would miss its target still gives a measured figure. `setup` is the time inside a run before its first step (corpus, encoder, tokens,
-windows, tagger); what the runs do not cover of the wall time (times the parallel runs) is
-process start-up (imports), the checks before the first run and the table.
+a sweep that would miss its target still gives a measured figure. `setup` is the time inside a
+run before its first step (corpus, encoder, tokens, windows, tagger); what the runs do not
+cover of the wall time (times the parallel runs) is process start-up (imports), the checks
+before the first run and the table.
 
 Examples (targets of the sweep issue, one H200; bench/sweep_targets.sh runs both):
     python bench/sweep_time.py /tmp/minilm configs/demo_cpu.yml --parallel=4 --gpu=0 \\
