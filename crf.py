@@ -17,7 +17,10 @@ Three ways to compute log Z, held equal by tests:
 - "scaled": the same sum in exp space, rescaled at every word (Rabiner 1989): a multiply and
   a sum per word instead of a log-sum-exp, in float64, with the backward algorithm written out
   as its gradient (no autograd graph per word). Fastest on CPU. Exact while the scores of the
-  paths that matter differ by less than ~700 nats at a word (float64's exponent range);
+  paths that matter differ by less than ~660 nats at a word (float64's exponent range, with a
+  margin): a sentence whose rescaled sum falls below 2^-960 at some word (scores far apart, a
+  diverging run, fp16 emissions that overflowed) is detected and computed again by "loop", in
+  log space, value and gradient alike, so the result never underflows to NaN;
 - "scan": the (K, K) matrices of consecutive words combined pairwise in a tree, as in
   pytorch-struct: O(log W) depth but O(B W K^3) work and memory. Fastest on a GPU, where the
   loop is bound by kernel launches. Decoding has a "loop" and a "scan" (max semiring) version.
@@ -56,6 +59,9 @@ import torch
 from torch import Tensor, nn
 
 NEG = -1e4  # score of a forbidden start, transition or end; off-diagonal of a padded scan step
+# The smallest rescaled sum the "scaled" forward trusts: its terms are then normal float64
+# numbers with their full 52 bits (below 2^-1022 they lose bits, below 2^-1074 they are 0).
+SAFE_SUM = 2.0 ** -960
 ALGORITHMS = ("loop", "scaled", "scan")
 Scores = tuple[Tensor, Tensor, Tensor]  # start (B, K), transitions (K, K), end (K,), NEG-masked
 
@@ -271,9 +277,14 @@ def _log_partition(
     if algorithm is None:
         algorithm = "scan" if emissions.is_cuda else "scaled"
     start, trans, end = scores
-    if algorithm == "scaled":
-        return _ScaledForward.apply(emissions, mask, start, trans, end)  # (B,)
     first = start + emissions[:, 0]  # (B, K)
+    if algorithm == "scaled":
+        log_z, unsafe = _ScaledForward.apply(emissions, mask, start, trans, end)  # (B,), (B,)
+        if unsafe.any():  # a host sync, on the CPU where "scaled" runs: it costs nothing there
+            rows = unsafe.nonzero().squeeze(1)  # sentences out of exp space's range
+            exact = _forward_loop(first[rows], trans, end, emissions[rows], mask[rows])
+            log_z = log_z.index_put((rows,), exact)
+        return log_z  # (B,)
     if algorithm == "scan":
         return _forward_scan(first, _steps(trans, emissions, mask), end)  # (B,)
     return _forward_loop(first, trans, end, emissions, mask)  # (B,)
@@ -378,6 +389,11 @@ class _ScaledForward(torch.autograd.Function):
     of log Z by emissions[t, j]; by transitions[i, j] it is the sum over t of pairwise marginals.
     All in float64, tags leading as in `_recursion`; products are broadcast and summed rather
     than tiny matmuls, which stall on a busy multi-threaded CPU.
+
+    Also returns `unsafe` (B,) bool: sentences whose rescaled sums s_t fell below SAFE_SUM at
+    some word, where exp space has lost precision or underflowed to 0 (and 0 / 0 = NaN). Their
+    log Z is returned as 0 and their backward terms as 0, so the caller can compute them in log
+    space without NaN reaching the gradients.
     """
 
     @staticmethod
@@ -406,6 +422,9 @@ class _ScaledForward(torch.autograd.Function):
         at_end = (lengths - 1)[None, None, :].expand(1, K, B)  # (1, K, B) index of the last word
         final = torch.exp(end - end.max())[:, None]  # (K, 1)
         s_end = (P.gather(0, at_end)[0] * final).sum(0)  # (B,)
+        # A sum below the limit (or 0, then NaN after it) at any word of the sentence, or at its end
+        unsafe = ~(torch.where(mask.T, S, 1.0) >= SAFE_SUM).all(0) | ~(s_end >= SAFE_SUM)  # (B,)
+        keep = ~unsafe  # (B,)
         log_z = (
             torch.where(mask.T, torch.log(S) + shift[:, 0], 0.0).sum(0)
             + (lengths - 1) * trans.max()
@@ -413,15 +432,22 @@ class _ScaledForward(torch.autograd.Function):
             + torch.log(s_end)
             + end.max()
         )  # (B,)
-        # For the backward pass, P and factor / s with padded words zeroed.
-        P = torch.where(mask.T[:, None, :], P, 0.0)  # (W, K, B)
-        factor = torch.where(mask.T[:, None, :], factor / S[:, None, :], 0.0)  # (W, K, B)
-        r_last = final / s_end  # (K, B) r at the last word
+        # For the backward pass, P and factor / s with padded words (and unsafe rows) zeroed.
+        kept = mask.T[:, None, :] & keep  # (W, 1, B)
+        P = torch.where(kept, P, 0.0)  # (W, K, B)
+        factor = torch.where(kept, factor / S[:, None, :], 0.0)  # (W, K, B)
+        r_last = torch.where(keep, final / s_end, 0.0)  # (K, B) r at the last word
         ctx.save_for_backward(at_end, P, factor, weight, r_last)
-        return log_z.to(dtype)
+        ctx.mark_non_differentiable(unsafe)
+        return torch.where(keep, log_z, 0.0).to(dtype), unsafe
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, _):
+        return _ScaledForward.gradients(ctx, grad)
+
+    @staticmethod
+    def gradients(ctx, grad):
+        """The backward algorithm: gradients of log Z (B,) by the forward's inputs."""
         at_end, P, factor, weight, r_last = ctx.saved_tensors  # P, factor / s (W, K, B)
         W, K, B = P.shape
         # r_last at each sentence's last word, 0 elsewhere: where the backward recursion starts.

@@ -3,11 +3,14 @@
 The path from a corpus folder to model inputs:
 
 1. `read_iob` parses `token<TAB>tag` lines (blank line between sentences) with errors that name
-   the file and line. `find_corpus` locates `{train,devel,test}.tsv` in a data directory, or
-   downloads the known public corpora through 🤗 `datasets` when no directory is given.
+   the file and line; a corpus in IOB1 or IOBES/BILOU is converted to BIO as it is read
+   (schemes.py), and the log says so. `find_corpus` locates `{train,devel,test}.tsv` in a data
+   directory, or downloads the known public corpora (and caches them) when no directory is
+   given.
 2. `build_labels` fixes the label set from the whole training file: `O`, then `B-`/`I-` of
    every entity type, in sorted order, so it is the same whatever order the file lists mentions
-   in, and whatever `train_limit` keeps.
+   in, and whatever `train_limit` keeps. A type with very few mentions whose name is close to a
+   frequent type's (`Chemcial` beside `Chemical`) is named in a warning: a likely typo.
 3. `tokenize_sentences` runs the encoder's fast tokenizer once per split and keeps the subword
    pieces of every word. A model sees words through their first subword.
 4. `make_windows` cuts a sentence longer than the encoder's limit into consecutive windows at
@@ -17,21 +20,28 @@ The path from a corpus folder to model inputs:
    so the CRF must not score its first tag as a sentence start.
 5. `length_grouped_batches` + `collate` group windows of similar length (little padding) and pad
    each batch to a multiple of 16 on a GPU (fewer distinct shapes for its kernel caches).
-6. `EntitySwapper` (entity-swap augmentation, at the end) makes fresh variants of the training
-   sentences every epoch by splicing the subword pieces of other mentions into them.
+
+`mention_spans` reads the entity mentions out of BIO tags (augment.py swaps them).
 
 Dimensions: B batch, T subword tokens, W words.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import random
+import sys
+import urllib.error
+import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+import schemes
 
 SPLITS = ("train", "devel", "test")
 PAD_TAG = -100  # tag id at padded word positions; cross-entropy ignores it
@@ -43,8 +53,11 @@ KNOWN_CORPORA = {
     "bc5cdr_disease": "BC5CDR-disease-IOB",
     "ncbi_disease": "NCBI-disease-IOB",
 }
-SOURCE_URL = "https://github.com/cambridgeltl/MTL-Bioinformatics-2016/raw/master/data/{folder}/{split}.tsv"
+SOURCE_URL = ("https://github.com/cambridgeltl/MTL-Bioinformatics-2016/raw/master/data/"
+              "{folder}/{split}.tsv")
 DATA_DIR_ENV = "NER_DATA_DIR"
+# Where downloaded corpora are kept: <cache>/ner-peft/corpora/<name>/<split>.tsv
+CACHE_ENV = "XDG_CACHE_HOME"
 
 
 @dataclass
@@ -58,16 +71,20 @@ class Sentence:
 
 
 def check_tag(tag: str) -> bool:
-    """True for `O`, `B-X` and `I-X` with a non-empty type X."""
+    """True for `O`, `B-X` and `I-X` with a non-empty type X: a BIO tag."""
     return tag == "O" or (len(tag) > 2 and tag[:2] in ("B-", "I-"))
 
 
-def read_iob(path: str | Path) -> list[Sentence]:
+def read_iob(path: str | Path, tag_scheme: str = "auto") -> list[Sentence]:
     """Sentences of an IOB file: `token<TAB>tag` (or space-separated; with extra middle columns
-    the first field is the token and the last the tag), a blank line between sentences."""
+    the first field is the token and the last the tag), a blank line between sentences.
+
+    Tags are read in `tag_scheme` (bio, iob1, iobes; auto: detected from the file, schemes.py)
+    and returned in BIO; a converted file is named on stderr."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    allowed = schemes.PREFIXES.get(tag_scheme, schemes.PREFIXES["iobes"])
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -92,15 +109,32 @@ def read_iob(path: str | Path) -> list[Sentence]:
             token, tag = fields[0].strip(), fields[-1].strip()
             if not token:
                 raise ValueError(f"{path}:{number}: empty token in {line!r}")
-            if not check_tag(tag):
-                raise ValueError(f"{path}:{number}: tag {tag!r} is not O, B-<type> or I-<type>")
+            parsed = schemes.split_tag(tag)
+            if parsed is None or (parsed[0] != "O" and parsed[0] not in allowed):
+                raise ValueError(f"{path}:{number}: tag {tag!r} is not O, B-<type> or "
+                                 f"I-<type> (BIO, IOB1), nor E-/S-/U-/L-<type> (IOBES, BILOU)"
+                                 if tag_scheme == "auto" else
+                                 f"{path}:{number}: tag {tag!r} is not O or "
+                                 f"{'/'.join(allowed)}-<type> ({tag_scheme})")
             tokens.append(token)
             tags.append(tag)
     if tokens:
         sentences.append(Sentence(tokens, tags))
     if not sentences:
         raise ValueError(f"{path}: no sentences (empty split)")
+    scheme = schemes.detect([s.tags for s in sentences]) if tag_scheme == "auto" else tag_scheme
+    if scheme != "bio":
+        print(f"{path}: tags read as {scheme.upper()}, converted to BIO", file=sys.stderr)
+        sentences = [Sentence(s.tokens, schemes.to_bio(s.tags, scheme)) for s in sentences]
     return sentences
+
+
+def corpus_folders(data_dir: Path) -> list[str]:
+    """The corpora in a data directory: its folders that hold the three splits."""
+    if not data_dir.is_dir():
+        return []
+    return sorted(p.name for p in data_dir.iterdir()
+                  if all((p / f"{split}.tsv").is_file() for split in SPLITS))
 
 
 def find_corpus(dataset: str, data_dir: str | None) -> dict[str, Path]:
@@ -108,7 +142,7 @@ def find_corpus(dataset: str, data_dir: str | None) -> dict[str, Path]:
 
     `dataset` is a folder holding `{train,devel,test}.tsv`, or a corpus name looked up as
     `<data_dir>/<dataset>/` (data_dir from the config, else $NER_DATA_DIR). Without a data
-    directory, a known corpus is downloaded from its public source and cached by 🤗 datasets.
+    directory, a known corpus is downloaded from its public source and cached.
     """
     folder = Path(dataset).expanduser()
     if not folder.is_dir():
@@ -116,9 +150,11 @@ def find_corpus(dataset: str, data_dir: str | None) -> dict[str, Path]:
         if data_dir:
             folder = Path(data_dir).expanduser() / dataset
             if not folder.is_dir():
+                there = corpus_folders(Path(data_dir).expanduser())
                 raise FileNotFoundError(
                     f"dataset {dataset!r}: no folder {folder} (data directory {data_dir!r} "
-                    f"from the config key 'data_dir' or ${DATA_DIR_ENV})"
+                    f"from the config key 'data_dir' or ${DATA_DIR_ENV}; the corpora there: "
+                    f"{', '.join(there) or 'none'})"
                 )
         elif dataset in KNOWN_CORPORA:
             return download_corpus(dataset)
@@ -134,27 +170,62 @@ def find_corpus(dataset: str, data_dir: str | None) -> dict[str, Path]:
     return paths
 
 
-def download_corpus(dataset: str) -> dict[str, Path]:
-    """Download a known corpus through 🤗 datasets (cached under ~/.cache/huggingface)."""
-    from datasets import DownloadManager
+def corpus_cache() -> Path:
+    """The folder downloaded corpora are kept in: $XDG_CACHE_HOME (or ~/.cache)/ner-peft."""
+    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache"
+    return Path(base) / "ner-peft" / "corpora"
 
-    urls = {s: SOURCE_URL.format(folder=KNOWN_CORPORA[dataset], split=s) for s in SPLITS}
-    try:
-        files = DownloadManager(dataset_name=dataset).download(urls)
-    except Exception as error:  # no network, proxy, hub down: all end the same way for the user
-        raise FileNotFoundError(
-            f"dataset {dataset!r}: could not download it ({type(error).__name__}: {error}). "
-            f"Offline, provide a folder <dir>/{dataset}/ holding train.tsv, devel.tsv and "
-            f"test.tsv (two columns: token<TAB>tag) and set ${DATA_DIR_ENV}=<dir> or the "
-            f"config key 'data_dir'"
-        ) from error
-    return {split: Path(path) for split, path in files.items()}
+
+def download_corpus(dataset: str, timeout: float = 30.0) -> dict[str, Path]:
+    """A known corpus's three splits, downloaded once from its public source into
+    `corpus_cache()` (each file written whole, then renamed) and read from there after."""
+    folder = corpus_cache() / dataset
+    paths = {split: folder / f"{split}.tsv" for split in SPLITS}
+    for split, path in paths.items():
+        if path.is_file():
+            continue
+        url = SOURCE_URL.format(folder=KNOWN_CORPORA[dataset], split=split)
+        offline = (f"provide a folder <dir>/{dataset}/ holding train.tsv, devel.tsv and test.tsv "
+                   f"(two columns: token<TAB>tag) and set ${DATA_DIR_ENV}=<dir> or the config "
+                   f"key 'data_dir'")
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as error:  # the server answered: not the network
+            raise FileNotFoundError(f"dataset {dataset!r}: {url} answered HTTP {error.code} "
+                                    f"({error.reason}); or {offline}") from error
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise FileNotFoundError(f"dataset {dataset!r}: could not reach {url} ({reason}); "
+                                    f"without network, {offline}") from error
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        partial.write_bytes(payload)
+        os.replace(partial, path)
+    return paths
 
 
 def build_labels(train: Sequence[Sentence]) -> list[str]:
     """`O`, then `B-X`, `I-X` for every entity type X of the training split, types sorted."""
     types = sorted({tag[2:] for s in train for tag in s.tags if tag != "O"})
     return ["O"] + [f"{prefix}-{t}" for t in types for prefix in ("B", "I")]
+
+
+def likely_typos(train: Sequence[Sentence], rare: int = 3) -> list[tuple[str, int, str, int]]:
+    """(type, its mentions, the similar type, its mentions) for every entity type with at most
+    `rare` mentions whose name is close (difflib ratio >= 0.8) to a type with ten times as many:
+    `Chemcial` (1 mention) beside `Chemical` (5,203)."""
+    counts = Counter(kind for s in train for _, _, kind in mention_spans(s.tags))
+    found = []
+    for kind, n in sorted(counts.items()):
+        if n > rare:
+            continue
+        close = [other for other in counts if other != kind and counts[other] >= 10 * n
+                 and difflib.SequenceMatcher(None, kind.lower(), other.lower()).ratio() >= 0.8]
+        if close:
+            other = max(close, key=counts.get)
+            found.append((kind, n, other, counts[other]))
+    return found
 
 
 def check_known_tags(sentences: Sequence[Sentence], labels: Sequence[str], split: str,
@@ -179,14 +250,19 @@ class Corpus:
 
 
 def load_corpus(dataset: str, data_dir: str | None = None, train_limit: int = 0,
-                eval_limit: int = 0, allow_unseen_tags: bool = False) -> Corpus:
-    """Read the three splits; limits keep only the first N sentences (0 = all).
+                eval_limit: int = 0, allow_unseen_tags: bool = False,
+                tag_scheme: str = "auto") -> Corpus:
+    """Read the three splits (in `tag_scheme`, into BIO); limits keep only the first N sentences
+    (0 = all). Likely typos among the training types are named on stderr.
 
     The labels come from the whole training file, before `train_limit` slices it: a small slice
     may lack a rare type that devel and test have, which would stop the run (or, with
     allow_unseen_tags, score it as missed), and the label set would change with the limit."""
     paths = find_corpus(dataset, data_dir)
-    splits = {split: read_iob(path) for split, path in paths.items()}
+    splits = {split: read_iob(path, tag_scheme) for split, path in paths.items()}
+    for kind, n, other, many in likely_typos(splits["train"]):
+        print(f"{paths['train']}: warning: entity type {kind!r} has {n} mention(s) beside "
+              f"{other!r} with {many:,}: a typo? It is a label of its own", file=sys.stderr)
     labels = build_labels(splits["train"])
     if train_limit:
         splits["train"] = splits["train"][:train_limit]
@@ -348,13 +424,7 @@ def collate(windows: Sequence[Window], pad_id: int, max_length: int, multiple: i
 
 
 # ---------------------------------------------------------------------------------------------
-# Entity-swap augmentation (mention replacement, Dai & Adel, COLING 2020)
-#
-# Each entity mention of a training sentence is replaced, with probability p, by a mention of
-# the same type drawn uniformly from the distinct mentions of the *training* split. The words
-# around it are untouched and the new mention's tags are re-emitted as B-X I-X ... for its own
-# length. Swapping works on any per-word items, so the same draws splice subword pieces during
-# training (no re-tokenising) and token strings in the tests that check the splice.
+# Entities
 
 
 def mention_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
@@ -373,67 +443,3 @@ def mention_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
         else:
             spans[-1] = (spans[-1][0], i + 1, entity_type)
     return spans
-
-
-def build_mention_bank(train: Sequence[Sentence]) -> dict[str, list[tuple[str, ...]]]:
-    """Distinct mention surface forms per entity type, sorted. Pass the training split only:
-    drawing from devel or test would leak evaluation entities into training."""
-    bank: dict[str, set[tuple[str, ...]]] = {}
-    for sentence in train:
-        for start, end, entity_type in mention_spans(sentence.tags):
-            bank.setdefault(entity_type, set()).add(tuple(sentence.tokens[start:end]))
-    return {entity_type: sorted(mentions) for entity_type, mentions in sorted(bank.items())}
-
-
-def swap_mentions(words: Sequence, tags: Sequence[str], bank: dict[str, Sequence[Sequence]],
-                  p: float, rng: random.Random) -> tuple[list, list[str]]:
-    """`words` (tokens, or subword pieces per word) with each mention replaced with probability
-    `p` by a mention of the same type from `bank`; the new words and their BIO tags."""
-    new_words: list = []
-    new_tags: list[str] = []
-    position = 0
-    for start, end, entity_type in mention_spans(tags):
-        new_words += words[position:start]
-        new_tags += tags[position:start]
-        if rng.random() < p and bank.get(entity_type):
-            mention = list(bank[entity_type][rng.randrange(len(bank[entity_type]))])
-        else:
-            mention = list(words[start:end])
-        new_words += mention
-        new_tags += [f"B-{entity_type}"] + [f"I-{entity_type}"] * (len(mention) - 1)
-        position = end
-    return new_words + list(words[position:]), new_tags + list(tags[position:])
-
-
-class EntitySwapper:
-    """Fresh swapped variants of the tokenised training split for every epoch.
-
-    The bank's mentions are tokenised once; each epoch splices their subword pieces into the
-    sentences, seeded by the epoch's seed: reproducible, and new variants every epoch.
-    """
-
-    def __init__(self, train: Sequence[Sentence], tokenized: Sequence[TokenizedSentence],
-                 tokenizer, labels: Sequence[str], p: float, copies: int):
-        self.labels = list(labels)
-        self.tokenized = tokenized
-        self.tags = [s.tags for s in train]
-        self.p, self.copies = p, copies
-        bank = build_mention_bank(train)
-        self.bank = {}  # type → subword pieces per word of each mention
-        for entity_type, mentions in bank.items():
-            pseudo = [Sentence(list(m), ["O"] * len(m)) for m in mentions]
-            self.bank[entity_type] = [t.pieces for t in
-                                      tokenize_sentences(pseudo, tokenizer, labels)]
-
-    def epoch(self, seed: int) -> list[TokenizedSentence]:
-        """One epoch's sentences, drawn with `seed` (the epoch's own: train.epoch_seed).
-        copies = 0: every sentence swapped in place; copies = k: the originals plus k swapped
-        variants of each."""
-        rng = random.Random(seed)
-        index = {tag: i for i, tag in enumerate(self.labels)}
-        result = [] if self.copies == 0 else list(self.tokenized)
-        for _ in range(max(1, self.copies)):
-            for sentence, tags in zip(self.tokenized, self.tags):
-                pieces, new_tags = swap_mentions(sentence.pieces, tags, self.bank, self.p, rng)
-                result.append(TokenizedSentence(pieces, [index.get(t, 0) for t in new_tags]))
-        return result

@@ -1,9 +1,14 @@
 """Fingerprints: short digests of everything a run's result depends on.
 
 A sweep counts a run as finished only when the record it left carries the fingerprint of the
-run it would train now: the resolved config, the corpus files, the encoder and, for a fusion,
-its sources' fingerprints. Change any of them and the run trains again; change nothing and it
-does not. The same digests key the cache of tokenised corpora.
+run it would train now: the resolved config, the code that computes it, the corpus files, the
+encoder and, for a fusion, its sources' fingerprints (sweep.py puts them together). Change any
+of them and the run trains again; change nothing and it does not. The same digests key the cache
+of tokenised corpora.
+
+Code is digested as code, not text: `code_digest` parses a file and digests its syntax tree
+without docstrings, so comments, docstrings and formatting change nothing, while any change to
+what the code does (a name, a constant, an operator) changes the digest.
 
 Files are hashed by content, so a copied or re-cloned corpus keeps its fingerprint. A file over
 `WHOLE_FILE_LIMIT` (model weights) is digested by its size and its first and last 4 MiB: any
@@ -13,7 +18,7 @@ Left out: a hub model's weights, which are named by the hub id and the cached re
 
 from __future__ import annotations
 
-import dataclasses
+import ast
 import functools
 import hashlib
 import json
@@ -73,7 +78,24 @@ def encoder_digest(model: str, folder: str | Path | None) -> str:
     return digest({"hub": model, "revision": ref.read_text().strip() if ref.is_file() else None})
 
 
-def config_digest(cfg, ignore: tuple[str, ...]) -> str:
-    """The resolved config without the keys that do not change what a run computes."""
-    values = dataclasses.asdict(cfg)
-    return digest({k: v for k, v in values.items() if k not in ignore})
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """`tree` with the docstring of every module, class and function removed (in place)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.cache
+def _tree_digest(source: str) -> str:
+    # keyed by the text itself: a sweep parses each file once, an edited file again
+    tree = _without_docstrings(ast.parse(source))
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
+def code_digest(path: str | Path) -> str:
+    """A Python file's code: its syntax tree without docstrings (comments never reach it)."""
+    return _tree_digest(Path(path).read_text(encoding="utf-8"))

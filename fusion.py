@@ -1,5 +1,6 @@
-"""Fusing LoRA adapters trained on different domains (say chemicals and diseases) for a new task.
+"""Fusing adapters trained on different domains (say chemicals and diseases) for a new task.
 
+The sources are LoRA adapters (lora.py) or bottleneck adapters (adapters.py), all of one kind.
 The source adapters stay frozen; a new task head (and CRF) is trained for the target labels,
 together with the few fusion parameters below. Two methods, each stated with its space:
 
@@ -26,8 +27,16 @@ together with the few fusion parameters below. Two methods, each stated with its
 Both learned modes therefore start from the same function, base(x) + mean_i ΔW_i x (equal up to
 float rounding), so a comparison of the two measures what training does, not where it began.
 
-Left out: more than one adapter set per layer type, fusing adapters of different encoders, and
-fusion of full fine-tuned models.
+- **Bottleneck adapters, output space, learned** (`BottleneckFusionLinear`): AdapterFusion's own
+  setting. At each adapter position, h = base(x) is the projection's output and δ_i(h) = up_i(
+  relu(down_i(h))) each source adapter's update; the query comes from h, the keys from the δ_i,
+  and the layer outputs h + Σ_i α_i δ_i, starting at h + mean_i δ_i as above. A bottleneck
+  adapter is not a ΔW, so `fusion_mode: merge` over them is an error, as is a fusion of LoRA
+  and bottleneck sources together.
+
+Left out: more than one adapter set per layer type, fusing adapters of different encoders, DoRA
+sources (a DoRA adapter rescales its base weight, so it is not an update to add), and fusion of
+full fine-tuned models.
 
 Dimensions: B batch, T subword tokens, N adapters, r rank, d_in / d_out a wrapped linear's widths,
 d the attention fusion's query/key width.
@@ -35,22 +44,21 @@ d the attention fusion's query/key width.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
+import adapters
+import inject
 import lora
+from config import CHOICES
+from files import SavedRun
 
-# Where a run's weights.safetensors keeps the encoder's parameters: model.Tagger holds the encoder
-# as `self.encoder` (model.py imports this file, so the prefix is spelled here).
-RUN_ENCODER_PREFIX = "encoder."
+MODES = CHOICES["fusion_mode"]
 
 
 @dataclass
@@ -62,40 +70,65 @@ class SourceAdapter:
     factors: dict[str, tuple[Tensor, Tensor, float]]
 
 
-def load_source_adapter(run: str | Path) -> SourceAdapter:
-    """The adapter of a finished `method: lora` run folder (config.json + weights.safetensors),
-    read with `lora.adapter_factors` and scaled as the run's config says."""
-    run = Path(run)
+@dataclass
+class SourceBottlenecks:
+    """One run's trained bottleneck adapters: per wrapped projection, the tensors of its
+    adapter (`down.weight` (m, H), `down.bias`, `up.weight` (H, m), `up.bias`)."""
+    name: str
+    model: str
+    adapters: dict[str, dict[str, Tensor]]
+
+    @property
+    def factors(self) -> dict[str, dict[str, Tensor]]:  # the positions, as check_compatible reads
+        return self.adapters
+
+
+def load_source(source: SavedRun) -> SourceAdapter | SourceBottlenecks:
+    """The adapter a finished run trained (its config and the encoder's part of its trained
+    weights, as model.source_runs reads them), by what its weights hold: LoRA factors, scaled
+    as the run's config says, or bottleneck adapters."""
+    config = source.config
+    if config.get("dora"):
+        raise ValueError(f"fusion source {source.folder}: a DoRA adapter rescales its base "
+                         f"weight, so it has no ΔW to add; fuse plain LoRA adapters")
     try:
-        config = json.loads((run / "config.json").read_text())
-        weights = load_file(str(run / "weights.safetensors"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"fusion source {run}: expected a finished LoRA run folder holding "
-                         f"config.json and weights.safetensors ({error})") from error
-    if config.get("method") != "lora":
-        raise ValueError(f"fusion source {run}: method is {config.get('method')!r}, not 'lora'")
-    scale = lora.lora_scale(config["alpha"], config["rank"], config["rslora"])
-    try:
-        pairs = lora.adapter_factors(weights, RUN_ENCODER_PREFIX)
+        pairs = lora.adapter_factors(source.weights)
+        bottlenecks = adapters.adapter_weights(source.weights)
     except ValueError as error:
-        raise ValueError(f"fusion source {run}: weights.safetensors: {error}") from error
-    if not pairs:
-        raise ValueError(f"fusion source {run}: weights.safetensors holds no LoRA factors")
-    factors = {module: (A, B, scale) for module, (A, B) in pairs.items()}
-    return SourceAdapter(config["name"], config["model"], factors)
+        raise ValueError(f"fusion source {source.folder}: weights.safetensors: {error}") from error
+    if pairs:
+        scale = lora.lora_scale(config["alpha"], config["rank"], config["rslora"])
+        factors = {module: (A, B, scale) for module, (A, B) in pairs.items()}
+        return SourceAdapter(config["name"], config["model"], factors)
+    if bottlenecks:
+        return SourceBottlenecks(config["name"], config["model"], bottlenecks)
+    raise ValueError(f"fusion source {source.folder}: weights.safetensors holds neither LoRA "
+                     f"factors nor bottleneck adapters")
 
 
-def check_compatible(sources: Sequence[SourceAdapter], model: str) -> None:
-    """Sources must adapt the same encoder at the same linears, each with consistent shapes."""
+def check_compatible(sources: Sequence[SourceAdapter | SourceBottlenecks], model: str) -> None:
+    """Sources must be of one kind and adapt the same encoder at the same linears."""
     for source in sources:
         if source.model != model:
             raise ValueError(f"fusion source {source.name!r} adapts {source.model!r}, but this "
                              f"run's model is {model!r}")
     first = sources[0]
     for source in sources[1:]:
+        if type(source) is not type(first):
+            raise ValueError(f"fusion sources {first.name!r} and {source.name!r} are of "
+                             f"different kinds (LoRA and bottleneck adapters): fuse one kind")
         if set(source.factors) != set(first.factors):
             raise ValueError(f"fusion sources {first.name!r} and {source.name!r} adapt different "
                              f"linears: {sorted(set(source.factors) ^ set(first.factors))[:4]}")
+
+
+def mixing_weights(query: nn.Linear, key: nn.Linear, x: Tensor, deltas: Tensor) -> Tensor:
+    """α (..., N): per token, the softmax over adapters of <query(x), key(δ_i)> / sqrt(d), for x
+    (..., d_q) and the adapters' outputs δ (..., N, d_k)."""
+    q = query(x)  # (..., d)
+    k = key(deltas)  # (..., N, d)
+    scores = (k @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(q.shape[-1])  # (..., N)
+    return F.softmax(scores.float(), dim=-1)
 
 
 class MergedFusionLinear(lora.MergeableLinear):
@@ -184,16 +217,53 @@ class AttentionFusionLinear(nn.Module):
 
     def mixing(self, x: Tensor, deltas: Tensor) -> Tensor:
         """α (..., N): softmax over adapters of query·key / sqrt(d)."""
-        q = self.query(x)  # (..., d)
-        k = self.key(deltas)  # (..., N, d)
-        scores = (k @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(q.shape[-1])  # (..., N)
-        return F.softmax(scores.float(), dim=-1)
+        return mixing_weights(self.query, self.key, x, deltas)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in)
         y = self.base(x)  # (..., d_out)
         deltas = self.adapter_outputs(x)  # (..., N, d_out)
         alpha = self.mixing(x, deltas).to(deltas.dtype)  # (..., N)
         return y + (alpha.unsqueeze(-1) * deltas).sum(-2).to(y.dtype)  # (..., d_out)
+
+
+class BottleneckFusionLinear(nn.Module):
+    """h + Σ_i α_i(h) δ_i(h), h = base(x), δ_i the i-th source adapter's update up_i(relu(
+    down_i(h))), α = softmax over adapters of <query(h), key(δ_i)> / sqrt(d) per token (output
+    space, learned, not mergeable). The query starts at zero: h + mean_i δ_i at step 0."""
+
+    def __init__(self, base: nn.Linear, sources: Sequence[dict[str, Tensor]], dim: int = 16):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        hidden = base.out_features
+        self.sources = nn.ModuleList()
+        for tensors in sources:
+            bottleneck = adapters.Bottleneck(hidden, tensors["down.weight"].shape[0])
+            bottleneck.load_state_dict(tensors)
+            self.sources.append(bottleneck.requires_grad_(False).to(base.weight.device))
+        self.query = nn.Linear(hidden, dim, bias=False, device=base.weight.device)
+        self.key = nn.Linear(hidden, dim, bias=False, device=base.weight.device)
+        nn.init.zeros_(self.query.weight)  # scores 0, α = 1/N at step 0: the plain average
+
+    def adapter_outputs(self, h: Tensor) -> Tensor:
+        """δ_i(h) for every source adapter: (..., N, H)."""
+        return torch.stack([adapter(h) for adapter in self.sources], dim=-2)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in)
+        h = self.base(x)  # (..., H)
+        deltas = self.adapter_outputs(h).to(h.dtype)  # (..., N, H)
+        alpha = mixing_weights(self.query, self.key, h, deltas).to(h.dtype)  # (..., N)
+        return h + (alpha.unsqueeze(-1) * deltas).sum(-2)  # (..., H)
+
+
+def fuse_bottlenecks(encoder: nn.Module, sources: Sequence[SourceBottlenecks],
+                     dim: int = 16) -> dict:
+    """Swap every projection the sources put an adapter after for their attention fusion, and
+    freeze the rest. Returns a report: the fused positions."""
+    encoder.requires_grad_(False)
+    modules = list(sources[0].adapters)
+    inject.wrap_linears(encoder, modules, lambda name, linear: BottleneckFusionLinear(
+        linear, [s.adapters[name] for s in sources], dim))
+    return {"fused_linears": len(modules)}
 
 
 def fuse(encoder: nn.Module, sources: Sequence[SourceAdapter], mode: str,
@@ -204,8 +274,8 @@ def fuse(encoder: nn.Module, sources: Sequence[SourceAdapter], mode: str,
     0 truncates each fused ΔW by SVD (fixed weights only). mode "attention": output space.
     Returns a report: the fused linears and, when truncated, the mean/max relative SVD error.
     """
-    if mode not in ("merge", "attention"):
-        raise ValueError(f"fusion must be 'merge' or 'attention', got {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"fusion mode must be one of {MODES}, got {mode!r}")
     if weights is not None and len(weights) != len(sources):
         raise ValueError(f"fusion_weights has {len(weights)} values for {len(sources)} adapters")
     if rank and (mode != "merge" or weights is None):
@@ -238,4 +308,49 @@ def fuse(encoder: nn.Module, sources: Sequence[SourceAdapter], mode: str,
 
 def fusion_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (MergedFusionLinear,
-                                                          AttentionFusionLinear))]
+                                                          AttentionFusionLinear,
+                                                          BottleneckFusionLinear))]
+
+
+def sources_problems(cfg, sources: Sequence[tuple[str, dict]]) -> list[str]:
+    """Why the sources (the kind of adapter each gives, "lora" or "adapter", and its resolved
+    config) cannot be fused by `cfg`, before anything trains: another encoder, kinds mixed,
+    `merge` over bottleneck adapters, DoRA, or other linears adapted."""
+    problems = []
+    for _, values in sources:
+        if values.get("model") != cfg.model:
+            problems.append(f"source {values.get('name')!r}: model {values.get('model')!r} "
+                            f"differs from {cfg.model!r}")
+        if values.get("dora"):
+            problems.append(f"source {values.get('name')!r} is a DoRA adapter, which rescales "
+                            f"its base weight and has no ΔW to fuse; fuse plain LoRA adapters")
+    kinds = sorted({kind for kind, _ in sources})
+    if len(kinds) > 1:
+        problems.append(f"its sources mix kinds of adapters ({' and '.join(kinds)}): fuse "
+                        f"LoRA adapters or bottleneck adapters, not both")
+    elif kinds == ["adapter"] and cfg.fusion_mode == "merge":
+        problems.append("fusion_mode: merge adds the sources' ΔW, and a bottleneck adapter has "
+                        "none (it is not a change of weights): use fusion_mode: attention")
+    placements = {(tuple(values.get("targets", ())) if kind == "lora" else
+                   values.get("adapter_kind")) for kind, values in sources}
+    if len(kinds) == 1 and len(placements) > 1:
+        problems.append(f"its sources adapt different linears: {sorted(placements, key=str)}")
+    return problems
+
+
+def apply(encoder: nn.Module, cfg, sources: Sequence[SavedRun]) -> dict:
+    """`method: fusion`: the source runs' adapters fused as `cfg.fusion_mode` says, the encoder
+    frozen; fixed merge weights are folded into the base weights (no cost at inference)."""
+    loaded = [load_source(source) for source in sources]
+    check_compatible(loaded, cfg.model)
+    if isinstance(loaded[0], SourceBottlenecks):
+        if cfg.fusion_mode != "attention":
+            raise ValueError("fusion of bottleneck adapters needs fusion_mode: attention (a "
+                             "bottleneck adapter has no ΔW to merge)")
+        return fuse_bottlenecks(encoder, loaded, cfg.fusion_dim)
+    report = fuse(encoder, loaded, cfg.fusion_mode, cfg.fusion_weights or None,
+                  cfg.fusion_rank, cfg.fusion_dim)
+    if cfg.fusion_mode == "merge" and cfg.fusion_weights:
+        for layer in fusion_layers(encoder):
+            layer.merge()
+    return report

@@ -1,4 +1,5 @@
-"""LoRA on the nn.Linear layers of a frozen encoder: inject, merge, read back, PEFT interchange.
+"""LoRA and DoRA on the nn.Linear layers of a frozen encoder: inject, merge, read back, PEFT
+interchange.
 
 Implements low-rank adaptation (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language
 Models"): a frozen linear layer gains a trainable update `scale * B @ A` of rank r, with B = 0 at
@@ -6,14 +7,25 @@ init so the model is unchanged at step 0 and `scale = alpha / r`. With `rslora=T
 `alpha / sqrt(r)` (Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with
 LoRA"), which keeps the update from shrinking as r grows.
 
-Left out: LoRA on embeddings or convolutions, DoRA and other variants, trainable biases, several
-adapters per layer (fusion.py combines adapters), per-layer rank or alpha, tied weights (casting
-the frozen base re-creates parameters).
+Two variants of the family live here too:
+- **DoRA** (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"), `DoRALinear`: the
+  adapted weight W0 + s B A is split into a direction, normalised per output row, and a
+  trainable magnitude m per row: W' = m * (W0 + s B A) / ||W0 + s B A||. m starts at ||W0||, so
+  the layer is the identity at step 0. As in the paper (Sec. 4.3) and PEFT, the norm is treated
+  as a constant in the backward pass. Its cost over LoRA: forming B A (d_out, d_in) and its row
+  norms at every forward.
+- **LoRA+** (Hayou et al. 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models"),
+  `lora_plus_groups`: B learns at λ times A's learning rate, in an optimizer group of its own.
+
+Left out: LoRA on embeddings or convolutions, trainable biases, several adapters per layer
+(fusion.py combines adapters), per-layer rank or alpha, tied weights (casting the frozen base
+re-creates parameters). Which linears get adapters is inject.py's rule (names, suffixes, the
+presets `attention` and `all-linear`).
 
 Two formats hold an adapter. A run's `weights.safetensors` holds what the run trained by parameter
-name (`...query.lora_A`, `...query.lora_B`, the head), written by train.py; `adapter_factors`
-reads the adapter back out of it. `export_peft` / `import_peft` write and read PEFT's LoRA folder
-format, without importing peft.
+name (`...query.lora_A`, `...query.lora_B`, with DoRA `...query.lora_magnitude`, the head);
+`adapter_factors` reads the factors back out of it. `export_peft` / `import_peft` write and read
+PEFT's LoRA folder format (DoRA included), without importing peft.
 
 Dimensions: B batch, T subword tokens, H hidden, r rank, d_in / d_out the input / output width of
 a wrapped nn.Linear (H and H for BERT's attention projections).
@@ -28,13 +40,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-# All four linears of BERT's self-attention: W_q, W_k, W_v and the output projection W_o. Hu et al.
-# default to W_q and W_v; their fixed-budget ablation (Sec. 7.1) did as well or better with all four.
-DEFAULT_TARGETS = ("query", "key", "value", "attention.output.dense")
+import inject
+from files import read_safetensors
 
 # Names of the PEFT folder files and the prefix PeftModel puts before a bare model's module names.
 PEFT_CONFIG = "adapter_config.json"
@@ -46,7 +57,7 @@ PEFT_PREFIX = "base_model.model."
 _PEFT_SUPPORTED = {
     "fan_in_fan_out": (False,),
     "bias": ("none",),
-    "use_dora": (False,),
+    "use_dora": (False, True),
     "lora_bias": (False,),
     "use_qalora": (False,),
     "rank_pattern": ({}, None),
@@ -122,7 +133,7 @@ class LoRALinear(MergeableLinear):
         rslora: bool = False,
     ) -> None:
         if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+            raise TypeError(f"{type(self).__name__} wraps an nn.Linear, got {type(base).__name__}")
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"rank must be a positive int, got {rank!r}")
         if not alpha > 0:
@@ -140,19 +151,25 @@ class LoRALinear(MergeableLinear):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **kwargs))  # (d_out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's init, as loralib/peft
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in), e.g. (B, T, H)
-        if self.merged:
-            if torch.is_grad_enabled() and self.lora_A.requires_grad:
-                raise RuntimeError(
-                    "LoRALinear is merged, so lora_A/lora_B would get no gradient; call "
-                    "unmerge_lora(model) before training, or run inference under torch.no_grad()"
-                )
-            return self.base(x)  # (..., d_out)
-        y = self.base(x)  # (..., d_out)
+    def check_not_merged_for_training(self) -> None:
+        if torch.is_grad_enabled() and self.lora_A.requires_grad:
+            raise RuntimeError(
+                f"{type(self).__name__} is merged, so its adapter would get no gradient; call "
+                "unmerge_lora(model) before training, or run inference under torch.no_grad()"
+            )
+
+    def adapter_output(self, h: Tensor) -> Tensor:
+        """`h @ A.T @ B.T * scale` (..., d_out) in the factors' dtype, for h (..., d_in)."""
         # Outside autocast a bf16 base gives bf16 activations while A and B stay fp32, hence the
         # cast; under autocast the matmuls run in the autocast dtype either way.
-        h = self.dropout(x).to(self.lora_A.dtype)  # (..., d_in)
-        delta = h @ self.lora_A.T @ self.lora_B.T * self.scale  # (..., r) then (..., d_out)
+        return h.to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T * self.scale
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in), e.g. (B, T, H)
+        if self.merged:
+            self.check_not_merged_for_training()
+            return self.base(x)  # (..., d_out)
+        y = self.base(x)  # (..., d_out)
+        delta = self.adapter_output(self.dropout(x))  # (..., r) then (..., d_out)
         return y + delta.to(y.dtype)  # (..., d_out)
 
     def delta_weight(self) -> Tensor:
@@ -164,106 +181,112 @@ class LoRALinear(MergeableLinear):
         return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:.4g}"
 
 
-def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
-    """Every LoRALinear of `model` by qualified module name, in model order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+class DoRALinear(LoRALinear):
+    """DoRA: `m * (W0 + s B A) / ||W0 + s B A||` per output row, plus the base's bias.
 
+    The forward never forms W': with n the row norms (held constant in the backward pass, as
+    the paper and PEFT do) and f = m / n,
 
-def _matches(name: str, target: str) -> bool:
-    """PEFT's `target_modules` rule: the dotted name equals the target or ends with '.' + it."""
-    return name == target or name.endswith("." + target)
+        y = base(x) + (f - 1) * (h W0^T) + f * s (h A^T B^T),    h = dropout(x)
 
+    which is f * (x W0^T + s x A^T B^T) + bias when dropout is off. That is PEFT's arrangement,
+    so the two agree on copied weights. m (`lora_magnitude`, d_out) is fp32 and starts at the
+    norms of W0: f = 1 and the layer is the identity at step 0 (with a bf16-cast base, within
+    bf16 rounding of it, since m was measured on the fp32 weight).
 
-def _linear_suffixes(names: list[str]) -> list[str]:
-    """The shortest target for each linear of a layer, to list in an error message.
-
-    Linears are grouped by their layer suffix, the name after the last layer index; a group's
-    target is the shortest dotted suffix that matches exactly its members, else the whole layer
-    suffix. With BERT's layers 0 and 1:
-
-        ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.output.dense",
-         "encoder.layer.0.output.dense", "encoder.layer.1.attention.self.query",
-         "encoder.layer.1.attention.output.dense", "encoder.layer.1.output.dense"]
-        -> ["query", "attention.output.dense", "output.dense"]
-
-    (`dense` would match all four denses and `output.dense` also the attention's.)
+    Merged, base.weight holds f * (W0 + ΔW); unmerge divides f back out, so the round trip is
+    exact up to rounding.
     """
 
-    def layer_suffix(name: str) -> str:
-        """`encoder.layer.1.attention.self.query` -> `attention.self.query`."""
-        parts = name.split(".")
-        last_index = max((i for i, p in enumerate(parts[:-1]) if p.isdigit()), default=-1)
-        return ".".join(parts[last_index + 1 :])
+    def __init__(self, base: nn.Linear, rank: int = 16, alpha: float = 32.0,
+                 dropout: float = 0.0, rslora: bool = False) -> None:
+        super().__init__(base, rank, alpha, dropout, rslora)
+        with torch.no_grad():
+            norms = torch.linalg.vector_norm(base.weight.float(), dim=1)  # (d_out,)
+        self.lora_magnitude = nn.Parameter(norms)  # (d_out,)
+        self.merge_factor: Tensor | None = None  # f at merge time, to divide back out
 
-    targets = []
-    for suffix in dict.fromkeys(layer_suffix(n) for n in names):
-        members = {n for n in names if layer_suffix(n) == suffix}
-        parts = suffix.split(".")
-        shorter = (".".join(parts[-i:]) for i in range(1, len(parts)))
-        exact = (t for t in shorter if {n for n in names if _matches(n, t)} == members)
-        targets.append(next(exact, suffix))
-    return targets
+    def weight_norms(self) -> Tensor:
+        """||W0 + s B A|| per output row (d_out,), fp32, detached: a constant in backward."""
+        with torch.no_grad(), torch.autocast(self.lora_A.device.type, enabled=False):
+            return torch.linalg.vector_norm(self.base.weight.float() + self.delta_weight(), dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in)
+        if self.merged:
+            self.check_not_merged_for_training()
+            return self.base(x)  # (..., d_out)
+        y = self.base(x)  # (..., d_out)
+        h = self.dropout(x)  # (..., d_in)
+        if h is x:  # no dropout: x W0^T is the base output less its bias, no second matmul
+            base_h = y if self.base.bias is None else y - self.base.bias
+        else:
+            base_h = F.linear(h, self.base.weight)  # (..., d_out)
+        factor = self.lora_magnitude / self.weight_norms()  # (d_out,)
+        dora = (factor - 1) * base_h + factor * self.adapter_output(h)  # (..., d_out)
+        return y + dora.to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """base.weight <- f * (W0 + ΔW), f from the unmerged weight; a no-op when merged."""
+        if not self.merged:
+            factor = self.lora_magnitude / self.weight_norms()  # (d_out,)
+            weight = factor[:, None] * (self.base.weight.float() + self.delta_weight())
+            self.base.weight.copy_(weight.to(self.base.weight.dtype))
+            self.merge_factor, self.merged = factor, True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """base.weight <- W' / f - ΔW, with the f of the merge; a no-op when not merged."""
+        if self.merged:
+            weight = self.base.weight.float() / self.merge_factor[:, None] - self.delta_weight()
+            self.base.weight.copy_(weight.to(self.base.weight.dtype))
+            self.merge_factor, self.merged = None, False
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", dora"
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """Every LoRALinear (DoRA included) of `model` by qualified module name, in model order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
 def inject_lora(
     model: nn.Module,
-    targets: Sequence[str] = DEFAULT_TARGETS,
+    targets: Sequence[str] = inject.TARGET_PRESETS["attention"],
     rank: int = 16,
     alpha: float = 32.0,
     dropout: float = 0.0,
     rslora: bool = False,
+    dora: bool = False,
 ) -> list[str]:
-    """Wrap each nn.Linear matched by `targets` in a LoRALinear, then freeze all but LoRA.
+    """Wrap each nn.Linear matched by `targets` in a LoRALinear (a DoRALinear with `dora`), then
+    freeze all but the adapters.
 
-    A target matches a module whose dotted name equals it or ends with '.' + target (PEFT's rule),
-    so `output.dense` matches both `attention.output.dense` and the feed-forward `output.dense`.
+    Targets are names, dotted suffixes (PEFT's rule: `output.dense` matches both the attention's
+    and the feed-forward output) or the presets `attention` and `all-linear` (inject.py).
     alpha = 32 is twice the default rank (the common alpha = 2r); like Hu et al. we keep alpha
     fixed rather than re-tune it when r changes. Returns the wrapped module names in model order.
     """
-    if isinstance(targets, str) or not targets:
-        raise ValueError(f"targets must be a non-empty sequence of module names, got {targets!r}")
     wrapped = list(lora_layers(model))
     if wrapped:
         raise ValueError(
             f"model already holds {len(wrapped)} LoRA layers (first: {wrapped[0]}); "
             "inject_lora wraps a fresh model once, never a wrapped one again"
         )
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    unmatched = [t for t in targets if not any(_matches(n, t) for n in linears)]
-    if unmatched:
-        raise ValueError(
-            f"target(s) {', '.join(unmatched)} match no nn.Linear; the model's linears are: "
-            f"{', '.join(_linear_suffixes(linears))}"
-        )
-    names = [n for n in linears if any(_matches(n, t) for t in targets)]
-    for name in names:
-        layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, rslora)
-        model.set_submodule(name, layer, strict=True)
+    names = inject.linear_names(model, targets)
+    layer = DoRALinear if dora else LoRALinear
+    inject.wrap_linears(model, names, lambda _, linear: layer(linear, rank, alpha, dropout, rslora))
     freeze_all_but_lora(model)
     return names
 
 
 def freeze_all_but_lora(model: nn.Module) -> None:
-    """requires_grad only on lora_A / lora_B."""
+    """requires_grad only on lora_A / lora_B (and DoRA's lora_magnitude)."""
     for module in model.modules():
         for param in module.parameters(recurse=False):
-            # A LoRALinear's own parameters are exactly lora_A and lora_B.
+            # A LoRALinear's own parameters are exactly its factors (and magnitude).
             param.requires_grad_(isinstance(module, LoRALinear))
-
-
-def cast_frozen(model: nn.Module, dtype: torch.dtype) -> None:
-    """Store every frozen floating parameter in `dtype`; trainable ones stay as they are.
-
-    A frozen weight needs no fp32 master copy, so `dtype=torch.bfloat16` halves the encoder's
-    memory while A and B stay fp32. Run the model under `torch.autocast(device, dtype)` of that
-    same dtype: linears then compute in it and LayerNorm in fp32 (CUDA), and the LoRA factors
-    are cast for their matmuls only. Without autocast the encoder computes in `dtype` throughout.
-    Buffers are left alone, and tied parameters come untied. Cast before building the optimizer.
-    """
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad and param.is_floating_point():
-                module.register_parameter(name, nn.Parameter(param.detach().to(dtype), False))
 
 
 def merge_lora(model: nn.Module) -> None:
@@ -276,6 +299,41 @@ def unmerge_lora(model: nn.Module) -> None:
     """Unmerge every LoRALinear (idempotent)."""
     for layer in lora_layers(model).values():
         layer.unmerge()
+
+
+def lora_plus_groups(model: nn.Module, lr: float, ratio: float, weight_decay: float
+                     ) -> list[dict]:
+    """LoRA+: every B factor in an optimizer group of its own at `ratio` x `lr` (A, the
+    magnitudes and the head stay at `lr`). Ratio 0 or 1 is plain LoRA: no group.
+
+    Hayou et al. show that with equal rates B learns too slowly when the width is large, and
+    suggest ratios around 16 for encoder models.
+    """
+    if ratio in (0, 1):
+        return []
+    factors = [layer.lora_B for layer in lora_layers(model).values() if layer.lora_B.requires_grad]
+    return [{"name": f"LoRA+ B factors (lr x {ratio:g})", "params": factors,
+             "weight_decay": weight_decay, "lr": lr * ratio}]
+
+
+# ---------------------------------------------------------------------------------------------
+# The method as the table applies it (methods.py)
+
+
+def apply(encoder: nn.Module, cfg, sources: Sequence[Path] = ()) -> dict:
+    """`method: lora`: adapters on `cfg.targets` (DoRA with `cfg.dora`); everything else frozen."""
+    inject_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, cfg.rslora,
+                cfg.dora)
+    return {}
+
+
+def optimizer_groups(model: nn.Module, cfg) -> list[dict]:
+    """`lora_plus_ratio`: LoRA+'s group of B factors (none when off)."""
+    return lora_plus_groups(model, cfg.lr, cfg.lora_plus_ratio, cfg.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading adapters back, and PEFT's folder format
 
 
 def adapter_factors(state: dict[str, Tensor], prefix: str = "") -> dict[str, tuple[Tensor, Tensor]]:
@@ -311,17 +369,23 @@ def adapter_factors(state: dict[str, Tensor], prefix: str = "") -> dict[str, tup
     return factors
 
 
-def load_factors(model: nn.Module, factors: dict[str, tuple[Tensor, Tensor]]) -> None:
-    """Copy each (A, B) of `factors` (as `adapter_factors` returns them) into its LoRALinear.
+def load_factors(model: nn.Module, factors: dict[str, tuple[Tensor, Tensor]],
+                 magnitudes: dict[str, Tensor] | None = None) -> None:
+    """Copy each (A, B) of `factors` (as `adapter_factors` returns them), and with DoRA each
+    layer's magnitude from `magnitudes` (module name -> (d_out,)), into its layer.
 
-    Every layer needs its pair, in its shapes. A merged layer is an error: its base weight holds
-    the old update, which unmerging would then fail to take out.
+    Every layer needs its pair (and a DoRA layer its magnitude), in its shapes. A merged layer is
+    an error: its base weight holds the old update, which unmerging would then fail to take out.
     """
     layers = lora_layers(model)
     if not layers:
         raise ValueError("model holds no LoRA layers; call inject_lora first")
+    magnitudes = magnitudes or {}
+    dora = {name for name, layer in layers.items() if isinstance(layer, DoRALinear)}
     problems = [f"missing {name}" for name in layers if name not in factors]
     problems += [f"unexpected {name}" for name in factors if name not in layers]
+    problems += [f"missing the DoRA magnitude of {name}" for name in dora if name not in magnitudes]
+    problems += [f"unexpected magnitude {name}" for name in magnitudes if name not in dora]
     problems += [f"{name} is merged (unmerge it first)" for name in layers if layers[name].merged]
     for name, (A, B) in factors.items():
         layer = layers.get(name)
@@ -330,40 +394,40 @@ def load_factors(model: nn.Module, factors: dict[str, tuple[Tensor, Tensor]]) ->
                 f"{name} has A {tuple(A.shape)} and B {tuple(B.shape)}, expected "
                 f"{tuple(layer.lora_A.shape)} and {tuple(layer.lora_B.shape)}"
             )
+    for name, m in magnitudes.items():
+        if name in dora and m.shape != layers[name].lora_magnitude.shape:
+            problems.append(f"{name}: magnitude {tuple(m.shape)}, expected "
+                            f"{tuple(layers[name].lora_magnitude.shape)}")
     if problems:
         raise ValueError("cannot load LoRA factors: " + "; ".join(problems))
     with torch.no_grad():
         for name, (A, B) in factors.items():
             layers[name].lora_A.copy_(A)
             layers[name].lora_B.copy_(B)
+        for name, m in magnitudes.items():
+            layers[name].lora_magnitude.copy_(m)
 
 
 def _lora_config(model: nn.Module) -> dict:
-    """The rank, alpha, dropout and rslora shared by all LoRA layers (inject_lora makes it so)."""
+    """The rank, alpha, dropout, rslora and dora shared by all LoRA layers (inject_lora makes it
+    so)."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("model holds no LoRA layers; call inject_lora first")
-    configs = {(m.rank, m.alpha, m.dropout_p, m.rslora) for m in layers.values()}
+    configs = {(m.rank, m.alpha, m.dropout_p, m.rslora, isinstance(m, DoRALinear))
+               for m in layers.values()}
     if len(configs) > 1:
-        raise ValueError(f"LoRA layers differ in (rank, alpha, dropout, rslora): {configs}")
-    rank, alpha, dropout, rslora = configs.pop()
-    return {"rank": rank, "alpha": alpha, "dropout": dropout, "rslora": rslora}
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = f.keys()
-            return {name: f.get_tensor(name) for name in names}, f.metadata() or {}
-    except SafetensorError as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+        raise ValueError(f"LoRA layers differ in (rank, alpha, dropout, rslora, dora): {configs}")
+    rank, alpha, dropout, rslora, dora = configs.pop()
+    return {"rank": rank, "alpha": alpha, "dropout": dropout, "rslora": rslora, "dora": dora}
 
 
 def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: str) -> None:
     """Write `adapter_config.json` and `adapter_model.safetensors` as PEFT's save_pretrained does.
 
     `PeftModel.from_pretrained(base, folder)` then reproduces this model's outputs. The targets
-    are the full module names, which PEFT's suffix rule matches exactly once each.
+    are the full module names, which PEFT's suffix rule matches exactly once each. DoRA layers
+    write `use_dora: true` and their magnitudes as `<module>.lora_magnitude_vector`.
     """
     config, layers = _lora_config(model), lora_layers(model)
     folder = Path(folder)
@@ -379,7 +443,7 @@ def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: s
         "target_modules": list(layers),
         "bias": "none",
         "fan_in_fan_out": False,
-        "use_dora": False,
+        "use_dora": config["dora"],
         "init_lora_weights": True,
         "inference_mode": True,
         "modules_to_save": None,
@@ -391,11 +455,14 @@ def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: s
     for name, layer in layers.items():
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().contiguous()
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
+        if isinstance(layer, DoRALinear):
+            tensors[f"{PEFT_PREFIX}{name}.lora_magnitude_vector"] = \
+                layer.lora_magnitude.detach().contiguous()
     save_file(tensors, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
 
 
 def import_peft(model: nn.Module, folder: str | Path) -> list[str]:
-    """Inject and load a PEFT LoRA adapter folder saved from a model like `model`.
+    """Inject and load a PEFT LoRA (or DoRA) adapter folder saved from a model like `model`.
 
     Reads adapter_model.safetensors (not the older adapter_model.bin). Options this module cannot
     reproduce are a ValueError naming the field. The keys must be PEFT's for the same bare model
@@ -424,16 +491,20 @@ def import_peft(model: nn.Module, folder: str | Path) -> list[str]:
         )
     if not weights_path.is_file():
         raise ValueError(f"{weights_path}: not found (adapter_model.bin is not read)")
-    tensors, _ = _read_safetensors(weights_path)
-    state = {}  # our key layout: <module>.lora_A, <module>.lora_B
+    tensors, _ = read_safetensors(weights_path)
+    state, magnitudes = {}, {}  # our key layout: <module>.lora_A, <module>.lora_B; module -> m
     for key, value in tensors.items():
-        match = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+\.lora_[AB])\.weight", key)
-        if match is None:
+        factor = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+\.lora_[AB])\.weight", key)
+        magnitude = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.lora_magnitude_vector", key)
+        if factor is None and magnitude is None:
             raise ValueError(
                 f"{weights_path}: unexpected key {key}, expected {PEFT_PREFIX}"
-                "<module>.lora_A.weight or .lora_B.weight"
+                "<module>.lora_A.weight, .lora_B.weight or .lora_magnitude_vector"
             )
-        state[match[1]] = value
+        if factor is not None:
+            state[factor[1]] = value
+        else:
+            magnitudes[magnitude[1]] = value
     names = inject_lora(
         model,
         config["target_modules"],
@@ -441,9 +512,10 @@ def import_peft(model: nn.Module, folder: str | Path) -> list[str]:
         alpha=config["lora_alpha"],
         dropout=config.get("lora_dropout", 0.0),
         rslora=config.get("use_rslora", False),
+        dora=config.get("use_dora", False),
     )
     try:
-        load_factors(model, adapter_factors(state))
+        load_factors(model, adapter_factors(state), magnitudes)
     except ValueError as err:
         raise ValueError(f"{weights_path}: {err}") from None
     return names

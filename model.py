@@ -2,8 +2,9 @@
 
 The tagger works at word level: the encoder's hidden state of each word's first subword goes
 through a linear head to per-word emissions, so the loss, an optional CRF and the evaluation
-all see words, never subwords. The method (`full`, `lora`, `fusion`) decides which weights of
-the encoder train; `build_tagger` applies it.
+all see words, never subwords. The method (methods.py's table) decides how the encoder changes
+and which of its weights train; `build_tagger` applies it. `cast_frozen` is the precision policy
+of every method: frozen weights stored in the half dtype, trained ones in fp32.
 
 Dimensions: B batch, T subword tokens, W words, H hidden, K tags.
 """
@@ -12,18 +13,21 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
-import fusion
-import lora
 from config import Config, ConfigError
 from crf import CRF
-from files import run_dir
+from files import SavedRun, read_safetensors, read_saved_run
+from methods import METHODS
+
+# Where the tagger keeps its encoder, and so the prefix of the encoder's parameters in a run's
+# weights.safetensors.
+ENCODER_PREFIX = "encoder."
 
 
 class Tagger(nn.Module):
@@ -94,32 +98,51 @@ def load_encoder(name: str):
     return encoder, tokenizer
 
 
-def build_tagger(cfg: Config, labels: list[str], encoder: nn.Module) -> tuple[Tagger, dict]:
-    """Apply the method to `encoder` IN PLACE (LoRA or fusion layers swapped in, the rest
-    frozen) and wrap it in a tagger. Also returns what the method reports about itself (for
-    fusion: what it fused, the SVD error)."""
+def build_tagger(cfg: Config, labels: list[str], encoder: nn.Module,
+                 sources: Sequence[Path] = ()) -> tuple[Tagger, dict]:
+    """Apply the method to `encoder` IN PLACE (the table's `apply`: adapters or fusion layers
+    swapped in, the rest frozen) and wrap it in a tagger. `sources`: the run folders a fusion
+    reads. Also returns what the method reports about itself (for fusion: what it fused, the
+    SVD error)."""
+    method = METHODS[cfg.method]
     report = {}
-    if cfg.method == "lora":
-        lora.inject_lora(encoder, cfg.targets, cfg.rank, cfg.alpha, cfg.lora_dropout, cfg.rslora)
-    if cfg.method == "fusion":
-        sources = [fusion.load_source_adapter(run) for run in fusion_sources(cfg)]
-        fusion.check_compatible(sources, cfg.model)
-        report = fusion.fuse(encoder, sources, cfg.fusion_mode, cfg.fusion_weights or None,
-                             cfg.fusion_rank, cfg.fusion_dim)
-        if cfg.fusion_mode == "merge" and cfg.fusion_weights:  # fixed ΔW: fold it into the base
-            for layer in fusion.fusion_layers(encoder):
-                layer.merge()
+    if method.apply is not None:
+        report = method.apply(encoder, cfg, source_runs(sources))
     if cfg.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable({"use_reentrant": False})
+        # transformers 5.24 renamed it; older 5.x (the GPU image's) has only the old name
+        enable = getattr(encoder, "activation_checkpointing_enable", None) or \
+            encoder.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     crf = CRF.for_labels(labels, constrained=cfg.crf_constraints) if cfg.crf else None
     return Tagger(encoder, len(labels), cfg.dropout, crf), report
 
 
-def fusion_sources(cfg: Config) -> list[Path]:
-    """Run folders of the adapters to fuse: a folder as given, or an experiment of the same
-    sweep at this run's seed."""
-    return [Path(a) if Path(a).is_dir() else run_dir(dataclasses.replace(cfg, name=a))
-            for a in cfg.adapters]
+def source_runs(folders: Sequence[Path]) -> list[SavedRun]:
+    """Finished runs read back for a fusion, their weights keyed by the encoder's own names."""
+    runs = [read_saved_run(folder) for folder in folders]
+    return [dataclasses.replace(run, weights={
+        key[len(ENCODER_PREFIX):]: value for key, value in run.weights.items()
+        if key.startswith(ENCODER_PREFIX)}) for run in runs]
+
+
+def cast_frozen(model: nn.Module, dtype: torch.dtype) -> None:
+    """Store every frozen floating parameter in `dtype`; trainable ones stay as they are.
+
+    A frozen weight needs no fp32 master copy, so `dtype=torch.bfloat16` halves the encoder's
+    memory while what trains (adapters, vectors, biases) stays fp32. Run the model under
+    `torch.autocast(device, dtype)` of that same dtype: linears then compute in it and LayerNorm
+    in fp32 (CUDA), and trained parameters are cast for their matmuls only. Without autocast the
+    encoder computes in `dtype` throughout. LayerNorms keep fp32 parameters: a few thousand
+    numbers, and the CPU's layer_norm needs its weight and bias in one dtype when one of them
+    trains (BitFit trains the bias). Buffers are left alone, and tied parameters come untied.
+    Cast before building the optimizer.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad and param.is_floating_point():
+                module.register_parameter(name, nn.Parameter(param.detach().to(dtype), False))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -150,8 +173,5 @@ def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor], source:
 
 def load_weights_file(model: nn.Module, path: str | Path) -> None:
     """Load a run's `weights.safetensors` into the model built for it."""
-    try:
-        state = load_file(str(path))
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+    state, _ = read_safetensors(Path(path))
     load_trained_state(model, state, str(path))

@@ -4,9 +4,12 @@
 
 - `pareto.png`: mean test F1 (error bars: std over seeds) against trainable parameters (log
   axis) and against peak memory, one labelled point per experiment. The methods worth keeping
-  are the ones no other point beats on both axes.
+  are the ones no other point beats on both axes. An experiment scored on a test set of its
+  own (a single-type corpus) is a hollow point, its label says so: its F1 is on another task.
 - `curves.png`: devel F1 after every epoch, the mean over seeds as a line and, with 2+ seeds,
   the min-max band around it.
+
+An experiment has the same colour in both figures (`colours`).
 
 matplotlib is imported inside the functions, so importing this module costs nothing, and the
 figures are drawn on a bare `Figure` with the Agg canvas: headless, and without switching the
@@ -35,10 +38,20 @@ def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[
         return []
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written = [save_atomic(pareto_figure(rows), output_dir / "pareto.png")]
+    palette = colours([row["experiment"] for row in rows] + list(curves))
+    written = [save_atomic(pareto_figure(rows, palette), output_dir / "pareto.png")]
     if any(seed for runs in curves.values() for seed in runs):
-        written.append(save_atomic(curves_figure(curves), output_dir / "curves.png"))
+        written.append(save_atomic(curves_figure(curves, palette), output_dir / "curves.png"))
     return written
+
+
+def colours(names: list[str]) -> dict[str, str]:
+    """One colour per experiment, in order of first appearance (matplotlib's cycle, C0..C9,
+    then again with the next palette, so 20 experiments stay apart)."""
+    unique = list(dict.fromkeys(names))
+    cycle = [f"C{i}" for i in range(10)] + [f"tab:{c}" for c in (
+        "blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan")]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(unique)}
 
 
 def save_atomic(figure, path: Path) -> Path:
@@ -50,7 +63,7 @@ def save_atomic(figure, path: Path) -> Path:
     return path
 
 
-def pareto_figure(rows: list[dict]):
+def pareto_figure(rows: list[dict], palette: dict[str, str]):
     """Two panels sharing the F1 axis: against trainable parameters (log) and peak memory."""
     from matplotlib.figure import Figure
 
@@ -64,9 +77,11 @@ def pareto_figure(rows: list[dict]):
     for axes, key, label in panels:
         for row in rows:
             x, y = row[key], row["f1"]
-            axes.errorbar([x], [y], yerr=[row.get("f1_std") or 0.0], fmt="o", capsize=3)
-            axes.annotate(row["experiment"], (x, y), xytext=(4, 4), textcoords="offset points",
-                          fontsize=8)
+            colour, own = palette[row["experiment"]], row.get("own_test_set", False)
+            axes.errorbar([x], [y], yerr=[row.get("f1_std") or 0.0], fmt="o", capsize=3,
+                          color=colour, markerfacecolor="none" if own else colour)
+            text = row["experiment"] + (" (own test set)" if own else "")
+            axes.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
         axes.set_xlabel(label)
         axes.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
         axes.grid(alpha=0.3)
@@ -87,7 +102,7 @@ def curve_summary(runs: list[list[float]]) -> tuple[list[float], list[float], li
     return [sum(v) / len(v) for v in at], [min(v) for v in at], [max(v) for v in at]
 
 
-def curves_figure(curves: dict[str, list[list[float]]]):
+def curves_figure(curves: dict[str, list[list[float]]], palette: dict[str, str]):
     """Devel F1 per epoch: one line per experiment (mean over seeds), min-max band for 2+."""
     from matplotlib.figure import Figure
 
@@ -99,7 +114,7 @@ def curves_figure(curves: dict[str, list[list[float]]]):
             continue
         mean, low, high = curve_summary(runs)
         epochs = list(range(1, len(mean) + 1))
-        line, = axes.plot(epochs, mean, marker="o", markersize=3,
+        line, = axes.plot(epochs, mean, marker="o", markersize=3, color=palette[name],
                           label=f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})")
         if len(runs) > 1:
             axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)

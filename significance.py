@@ -14,9 +14,12 @@ draw, so the sentence-to-sentence variation they share cancels out of their diff
    replicate costs a weighted sum, not a rescoring.
 3. `paired_bootstrap` takes several runs (seeds) per system, paired in order. The difference is
    mean F1 over system A's runs minus mean F1 over B's; every replicate applies one draw of
-   sentences to every run of both sides. It returns the difference on the full test set, the
-   2.5 / 97.5 percentiles of the replicates' differences, and a two-sided p-value:
-   min(1, 2 min(share of replicates <= 0, share >= 0)).
+   sentences to every run of both sides. It returns the difference on the full test set, a
+   95% interval and a two-sided p-value from the replicates' differences by one rule
+   (`interval_and_p`): p = min(1, 2 min(share of replicates <= 0, share >= 0)), and the
+   interval runs from the m-th smallest to the m-th largest replicate, m = ceil(0.025 R), so
+   that it excludes zero exactly when p < 0.05 (percentiles that interpolate between
+   replicates can exclude zero while p = 0.05).
    `paired_bootstrap_reference` is the same test written plainly (a loop over replicates,
    seqeval on the resampled sentences); the tests hold the two equal.
 
@@ -30,6 +33,7 @@ Dimensions: S test sentences, R bootstrap replicates, N runs (seeds) per system.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,6 +80,24 @@ def read_predictions(path: str | Path) -> tuple[list[list[str]], list[list[str]]
     return gold, predicted
 
 
+ALPHA = 0.05  # the interval is 1 - ALPHA, and a difference with p < ALPHA is marked
+
+
+def interval_and_p(replicates: Sequence[float]) -> tuple[float, float, float]:
+    """(low, high, p) of bootstrap replicates of a difference, by one rule: p is twice the
+    smaller share of replicates on either side of zero (zeros count on both), and the interval
+    is the m-th smallest and m-th largest replicate, m = ceil(ALPHA / 2 * R). Then the interval
+    excludes zero if and only if p < ALPHA:
+
+        low > 0  <=>  fewer than m replicates are <= 0  <=>  2 (that count) / R < ALPHA.
+    """
+    ordered = np.sort(np.asarray(replicates, dtype=np.float64))
+    R = len(ordered)
+    m = max(1, math.ceil(ALPHA / 2 * R))
+    below, above = np.count_nonzero(ordered <= 0), np.count_nonzero(ordered >= 0)
+    return float(ordered[m - 1]), float(ordered[R - m]), float(min(1.0, 2 * min(below, above) / R))
+
+
 def bootstrap_indices(sentences: int, resamples: int, seed: int) -> np.ndarray:
     """(R, S) sentence indices, each row one draw of S with replacement; seeded, reproducible."""
     return np.random.default_rng(seed).integers(0, sentences, size=(resamples, sentences))
@@ -103,8 +125,8 @@ def paired_bootstrap(runs_a: Sequence[np.ndarray], runs_b: Sequence[np.ndarray],
     first min(len(runs_a), len(runs_b)) of each side take part ("pairs" in the result). Every
     replicate draws one resample of the S sentences and applies it to all runs of both sides.
     Returns {"delta", "ci_low", "ci_high", "p_value", "resamples", "pairs"}: delta on the full
-    test set, the 2.5 / 97.5 percentiles of the replicates' deltas, and the two-sided p-value
-    min(1, 2 min(share of deltas <= 0, share >= 0)). Memory: two (R, S) arrays.
+    test set, and the 95% interval and two-sided p-value of the replicates' deltas by
+    `interval_and_p`. Memory: two (R, S) arrays.
     """
     pairs = _paired_runs(runs_a, runs_b, resamples, lambda run: np.shape(run)[0])
     a = np.stack([np.asarray(run) for run in runs_a[:pairs]]).astype(np.float64)  # (N, S, 3)
@@ -121,10 +143,9 @@ def paired_bootstrap(runs_a: Sequence[np.ndarray], runs_b: Sequence[np.ndarray],
     delta = micro_f1(a.sum(1)).mean(0) - micro_f1(b.sum(1)).mean(0)
     totals_a, totals_b = weights @ a, weights @ b  # (N, R, 3): each run's counts per replicate
     replicates = micro_f1(totals_a).mean(0) - micro_f1(totals_b).mean(0)  # (R,)
-    low, high = np.percentile(replicates, [2.5, 97.5])
-    below, above = np.mean(replicates <= 0), np.mean(replicates >= 0)
-    return {"delta": float(delta), "ci_low": float(low), "ci_high": float(high),
-            "p_value": float(min(1.0, 2 * min(below, above))), "resamples": R, "pairs": pairs}
+    low, high, p = interval_and_p(replicates)
+    return {"delta": float(delta), "ci_low": low, "ci_high": high, "p_value": p,
+            "resamples": R, "pairs": pairs}
 
 
 def paired_bootstrap_reference(runs_a: Sequence[tuple[list, list]],
@@ -145,8 +166,10 @@ def paired_bootstrap_reference(runs_a: Sequence[tuple[list, list]],
     replicates = []
     for rows in bootstrap_indices(S, resamples, seed):
         replicates.append(mean_f1(runs_a, rows) - mean_f1(runs_b, rows))
-    low, high = np.percentile(replicates, [2.5, 97.5])
+    ordered = sorted(replicates)
+    m = math.ceil(ALPHA / 2 * resamples)  # the m-th from each end, written out
     below = sum(d <= 0 for d in replicates) / resamples
     above = sum(d >= 0 for d in replicates) / resamples
-    return {"delta": float(delta), "ci_low": float(low), "ci_high": float(high),
-            "p_value": min(1.0, 2 * min(below, above)), "resamples": resamples, "pairs": pairs}
+    return {"delta": float(delta), "ci_low": float(ordered[m - 1]),
+            "ci_high": float(ordered[resamples - m]), "p_value": min(1.0, 2 * min(below, above)),
+            "resamples": resamples, "pairs": pairs}

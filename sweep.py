@@ -2,14 +2,27 @@
 
 A sweep is experiments × seeds. Each run:
 
-- has a **fingerprint** of everything its result depends on (fingerprint.py): the resolved
-  config, the corpus files, the encoder, and for a fusion its sources' fingerprints;
+- has a **fingerprint** of everything its result depends on (`run_inputs`): the config keys
+  that can change it (its method's own keys only for its method, an option's keys only when
+  the option is on, no bookkeeping keys), the code of the files it runs (methods.code_files:
+  the core, its method's, crf.py with a CRF, augment.py with augmentation, and which functions
+  its entry of the method table runs), the corpus files, the encoder, and for a fusion its
+  sources' fingerprints;
 - runs in a **spawned child process**, so its peak memory is its own, and a run that raises,
   runs out of memory, segfaults or is killed takes nothing else down;
 - leaves a **record**, `record.json` in its folder, written last: `{"fingerprint", "status":
   "ok" | "failed", "reason"}`. The parent deletes the record before the run starts, so files of
   an earlier attempt never pass for the new run's. A run counts as finished only when its
-  record says ok with the fingerprint the run would have now.
+  record says ok with the fingerprint the run would have now. The record keeps the inputs by
+  name, so a stale run says why (`stale_reasons`): which key, which file.
+
+What this retrains, and why: editing the code of a file a run executes retrains that run (a
+comment, a docstring or formatting never does); editing a key retrains the runs whose result
+the key can change; a new key retrains nothing as long as it sits at its `NEUTRAL_VALUES`
+value, the one that computes what runs did before it existed. Left out, so never a reason to
+retrain: the config checker and the sweep, table and report code, which decide what runs and
+how results are shown, not what a run computes; the installed packages (torch, transformers),
+which a run's record names only through the encoder's files.
 
 `--parallel N` keeps N children going at once: on one GPU they share it, over several
 (`gpu: [0, 1]` or CUDA_VISIBLE_DEVICES) they are spread round-robin, and on the CPU the cores
@@ -38,9 +51,15 @@ from pathlib import Path
 
 import config
 import fingerprint
-from files import read_json, run_dir, write_atomic
+import methods
+from config_check import make_config
+from files import METRICS, RECORD, read_json, run_dir, start_run, write_atomic
 
-RECORD = "record.json"
+ROOT = Path(__file__).resolve().parent
+# Keys added after records began to name their inputs, with the value that computes what runs
+# did before the key existed: at that value a key is left out of the fingerprint, so adding an
+# option retrains nothing. (A key's default may change later; this value may not.)
+NEUTRAL_VALUES: dict[str, object] = {"dora": False, "lora_plus_ratio": 0.0, "tag_scheme": "auto"}
 
 # ---------------------------------------------------------------------------------------------
 # Planning
@@ -51,6 +70,7 @@ class Run:
     """One (experiment, seed) of a sweep."""
     cfg: config.Config  # its seed set
     fingerprint: str = ""
+    inputs: dict = field(default_factory=dict)  # what the fingerprint digests, by name
     sources: list[tuple[str, int]] = field(default_factory=list)  # (experiment, seed) it fuses
 
     @property
@@ -62,63 +82,50 @@ class Run:
         return f"{self.cfg.name} seed {self.cfg.seed}"
 
 
-def source_problem(source: config.Config, cfg: config.Config) -> str | None:
-    """Why the sweep experiment `source` cannot feed the fusion experiment `cfg`, or None."""
-    if source.method != "lora":
-        return f"method is {source.method!r}, not 'lora'"
-    if source.model != cfg.model:
-        return f"model {source.model!r} differs from {cfg.model!r}"
-    needed = set(range(cfg.seed, cfg.seed + cfg.repeats))
-    have = set(range(source.seed, source.seed + source.repeats))
-    if not needed <= have:
-        return f"it runs seeds {sorted(have)}, the fusion needs {sorted(needed)}"
-    return None
-
-
-def fusion_problems(configs: list[config.Config]) -> list[str]:
-    """Every fusion experiment's sources checked before anything trains: one line each."""
-    import fusion
-
-    by_name = {c.name: c for c in configs}
-    problems = []
-    for cfg in (c for c in configs if c.method == "fusion"):
-        for name in cfg.adapters:
-            if name in by_name:
-                problem = source_problem(by_name[name], cfg)
-                if problem:
-                    problems.append(f"experiment {cfg.name!r}: source {name!r}: {problem}")
-            elif Path(name).is_dir():
-                try:
-                    fusion.load_source_adapter(name)
-                except ValueError as error:
-                    problems.append(f"experiment {cfg.name!r}: {error}")
-            else:
-                problems.append(f"experiment {cfg.name!r}: adapter {name!r} is neither an "
-                                f"experiment of this sweep ({', '.join(by_name)}) nor a run "
-                                f"folder")
-        targets = {tuple(by_name[n].targets) for n in cfg.adapters if n in by_name}
-        if len(targets) > 1:
-            problems.append(f"experiment {cfg.name!r}: its sources adapt different linears: "
-                            f"{sorted(targets)}")
-    return problems
-
-
-def run_fingerprint(cfg: config.Config, corpus_paths: dict, sources: list[str]) -> str:
-    """Config, corpus files, encoder, and the fingerprints of a fusion's sources."""
+def run_inputs(cfg: config.Config, corpus_paths: dict, sources: list[str]) -> dict:
+    """What a run's result depends on, by name: config values, code digests by file, corpus
+    files, the encoder, and the fingerprints of the runs it is built from."""
     from model import resolve_model
 
-    return fingerprint.digest({
-        "config": fingerprint.config_digest(cfg, config.BOOKKEEPING_KEYS),
-        "corpus": fingerprint.corpus_digest(corpus_paths),
-        "encoder": fingerprint.encoder_digest(cfg.model, resolve_model(cfg.model)),
-        "sources": sources})
+    values = dataclasses.asdict(cfg)
+    keys = [k for k in methods.run_keys(cfg, list(values)) if k not in config.BOOKKEEPING_KEYS
+            and not (k in NEUTRAL_VALUES and values[k] == NEUTRAL_VALUES[k])]
+    code = {name: fingerprint.code_digest(ROOT / name) for name in methods.code_files(cfg)}
+    code[f"methods.py ({cfg.method})"] = fingerprint.digest(methods.computing(cfg.method))
+    return {"config": {k: values[k] for k in keys}, "code": code,
+            "corpus": {split: fingerprint.file_digest(path)
+                       for split, path in sorted(corpus_paths.items())},
+            "encoder": fingerprint.encoder_digest(cfg.model, resolve_model(cfg.model)),
+            "sources": sources}
+
+
+def stale_reasons(old: dict | None, new: dict) -> list[str]:
+    """What differs between a record's inputs and a run's inputs now, one phrase each:
+    `lr 0.001 -> 0.02`, `code of crf.py`, `corpus train`, `encoder`, `a source`."""
+    if not old:
+        return ["its record predates named inputs"]
+    reasons = []
+    before, after = old.get("config", {}), new["config"]
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            reasons.append(f"{key} {before.get(key, '(absent)')!r} -> "
+                           f"{after.get(key, '(absent)')!r}")
+    for group, what in (("code", "code of "), ("corpus", "corpus ")):
+        changed = {k for k in set(old.get(group, {})) | set(new[group])
+                   if old.get(group, {}).get(k) != new[group].get(k)}
+        reasons += [f"{what}{k}" for k in sorted(changed)]
+    if old.get("encoder") != new["encoder"]:
+        reasons.append("encoder")
+    if old.get("sources") != new["sources"]:
+        reasons.append("a source run")
+    return reasons
 
 
 def plan(configs: list[config.Config], corpus_paths) -> list[Run]:
     """One run per (experiment, seed), seeds seed ... seed + repeats - 1, every fusion after
     its sources. `corpus_paths(cfg)` gives a run's split files (read and checked already)."""
     by_name = {c.name: c for c in configs}
-    sourced = {a for c in configs if c.method == "fusion" for a in c.adapters if a in by_name}
+    sourced = {a for c in configs for a in methods.sources_of(c) if a in by_name}
     ordered = [c for c in configs if c.name in sourced] + \
         [c for c in configs if c.name not in sourced]
     runs: dict[tuple[str, int], Run] = {}
@@ -126,17 +133,17 @@ def plan(configs: list[config.Config], corpus_paths) -> list[Run]:
         for seed in range(cfg.seed, cfg.seed + cfg.repeats):
             run = Run(dataclasses.replace(cfg, seed=seed))
             source_prints = []
-            if cfg.method == "fusion":
-                for adapter in cfg.adapters:
-                    if adapter in by_name:
-                        run.sources.append((adapter, seed))
-                        source_prints.append(runs[adapter, seed].fingerprint)
-                    else:  # a run folder given by path: its weights and config, by content
-                        folder = Path(adapter)
-                        source_prints.append(fingerprint.digest(
-                            [fingerprint.file_digest(folder / "weights.safetensors"),
-                             fingerprint.file_digest(folder / "config.json")]))
-            run.fingerprint = run_fingerprint(run.cfg, corpus_paths(run.cfg), source_prints)
+            for adapter in methods.sources_of(cfg):
+                if adapter in by_name:
+                    run.sources.append((adapter, seed))
+                    source_prints.append(runs[adapter, seed].fingerprint)
+                else:  # a run folder given by path: its weights and config, by content
+                    folder = Path(adapter)
+                    source_prints.append(fingerprint.digest(
+                        [fingerprint.file_digest(folder / "weights.safetensors"),
+                         fingerprint.file_digest(folder / "config.json")]))
+            run.inputs = run_inputs(run.cfg, corpus_paths(run.cfg), source_prints)
+            run.fingerprint = fingerprint.digest(run.inputs)
             runs[run.key] = run
     return list(runs.values())
 
@@ -170,6 +177,31 @@ def shard(runs: list[Run], index: int, count: int) -> list[Run]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The output folder: one sweep's
+
+
+OWNER = ".sweep.json"  # in an output folder: which config's sweep fills it
+
+
+def folder_owner(output_dir: Path, config_path: str | Path) -> str | None:
+    """Why this sweep must not use `output_dir` (another config's sweep fills it), or None.
+    Two sweeps in one folder would share run names and overwrite each other's summary."""
+    owner = read_json(output_dir / OWNER)
+    mine = str(Path(config_path).resolve())
+    if owner is None or owner.get("config") == mine:
+        return None
+    return (f"{config_path}: output_dir {output_dir} holds the runs of another sweep "
+            f"({owner.get('config')}); give this one its own (output_dir: ...), or remove "
+            f"{output_dir / OWNER} to let it take the folder over")
+
+
+def claim_folder(output_dir: Path, config_path: str | Path) -> None:
+    """Mark `output_dir` as this config's (before its first run)."""
+    if read_json(output_dir / OWNER) is None:
+        write_atomic(output_dir / OWNER, json.dumps({"config": str(Path(config_path).resolve())}))
+
+
+# ---------------------------------------------------------------------------------------------
 # Records
 
 
@@ -179,28 +211,30 @@ def read_record(run: Run) -> dict | None:
     if record is None or record.get("fingerprint") != run.fingerprint:
         return None
     if record.get("status") == "ok":
-        metrics = read_json(run_dir(run.cfg) / "metrics.json")
+        metrics = read_json(run_dir(run.cfg) / METRICS)
         if metrics is None:
             return None
         record["metrics"] = metrics
     return record
 
 
-def status(run: Run) -> str:
-    """finished | failed | stale (a record of another config, corpus or encoder) | new."""
+def status(run: Run) -> tuple[str, list[str]]:
+    """finished | failed | stale | new, and for a stale run why: what differs between the inputs
+    its record names and the run's inputs now (a record of another config, code, corpus or
+    encoder)."""
     record = read_json(run_dir(run.cfg) / RECORD)
     if record is None:
-        return "new"
+        return "new", []
     mine = read_record(run)
     if mine is None:
-        return "stale"
-    return "finished" if mine["status"] == "ok" else "failed"
+        return "stale", stale_reasons(record.get("inputs"), run.inputs) or ["unfinished"]
+    return ("finished" if mine["status"] == "ok" else "failed"), []
 
 
 def write_record(run: Run, status_: str, reason: str = "") -> None:
     write_atomic(run_dir(run.cfg) / RECORD, json.dumps(
         {"fingerprint": run.fingerprint, "status": status_, "reason": reason,
-         "experiment": run.cfg.name, "seed": run.cfg.seed}, indent=2))
+         "experiment": run.cfg.name, "seed": run.cfg.seed, "inputs": run.inputs}, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +252,8 @@ def die_with_parent() -> None:
             os._exit(1)
 
 
-def child(cfg_values: dict, run_fingerprint_: str, threads: int, log_path: str | None) -> None:
+def child(cfg_values: dict, run_fingerprint: str, inputs: dict, threads: int,
+          log_path: str | None) -> None:
     """The body of a run's process: train, then write the record (ok, or failed with why)."""
     die_with_parent()
     if log_path:  # parallel runs write to their own log; the parent's terminal shows progress
@@ -231,8 +266,8 @@ def child(cfg_values: dict, run_fingerprint_: str, threads: int, log_path: str |
     import train
 
     torch.set_num_threads(threads)
-    cfg = config.make_config(cfg_values, f"run {cfg_values['name']}")
-    run = Run(cfg, run_fingerprint_)
+    cfg = make_config(cfg_values, f"run {cfg_values['name']}")
+    run = Run(cfg, run_fingerprint, inputs)
     try:
         train.train(cfg)
     except BaseException as error:  # noqa: BLE001 - whatever it was, the record says so
@@ -315,12 +350,11 @@ def execute(runs: list[Run], parallel: int, on_finish, target=None) -> list[Run]
                 cfg = dataclasses.replace(run.cfg, gpu=slots[slot])
                 folder = run_dir(cfg)
                 folder.mkdir(parents=True, exist_ok=True)
-                for stale in (RECORD, "metrics.json"):  # nothing of an earlier attempt survives
-                    (folder / stale).unlink(missing_ok=True)
+                start_run(folder)  # nothing of an earlier attempt survives
                 log_path = str(folder / "output.log") if parallel > 1 else None
                 process = context.Process(
                     target=target, name=run.label,
-                    args=(dataclasses.asdict(cfg), run.fingerprint, threads, log_path))
+                    args=(dataclasses.asdict(cfg), run.fingerprint, run.inputs, threads, log_path))
                 process.start()
                 running[slot] = (run, process)
             # Reported once the free slots are refilled: rebuilding the table (seconds, with

@@ -22,7 +22,11 @@ import json
 from pathlib import Path
 from typing import Protocol
 
-KINDS = ("none", "tensorboard", "wandb")
+from config import CHOICES
+
+KINDS = CHOICES["tracker"]
+# The package each kind needs (neither is a requirement of the project).
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
 
 class Tracker(Protocol):
@@ -122,9 +126,9 @@ def open_tracker(kind: str, project: str, run_name: str, config: dict, log_dir: 
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     if kind == "tensorboard":
-        tensorboard = import_backend("torch.utils.tensorboard", kind, "tensorboard")
+        tensorboard = import_backend("torch.utils.tensorboard", kind, PACKAGES[kind])
         return TensorBoardTracker(tensorboard.SummaryWriter(log_dir=str(log_dir)), config)
-    wandb = import_backend("wandb", kind, "wandb")
+    wandb = import_backend("wandb", kind, PACKAGES[kind])
     # No `mode=` here: wandb reads WANDB_MODE (offline, disabled) from the environment itself.
     return WandbTracker(wandb.init(project=project, name=run_name, config=config,
                                    dir=str(log_dir)))

@@ -1,8 +1,9 @@
 """One training run: config → tagger → a plain torch.amp loop → devel/test scores → files.
 
 `train(cfg)` is the whole run and returns its metrics; `compare.py` runs it once per experiment
-and seed, each in a process of its own. The model lives in model.py; this file is the loop
-around it: optimiser groups and schedule, batches on the device, evaluation, measurements.
+and seed, each in a process of its own. The model lives in model.py and inference (batches,
+precision, windowed prediction) in inference.py; this file is the loop around them: optimiser
+groups and schedule, evaluation, measurements, the run's files.
 
 Protocol: devel is scored after every epoch and the best devel epoch's weights are kept; test
 is scored once, with those weights, and never used to choose anything.
@@ -15,6 +16,7 @@ Dimensions: B batch, T subword tokens, W words, H hidden, K tags.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,7 +25,6 @@ import random
 import resource
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +32,27 @@ import torch
 
 import data
 import fingerprint
-import lora
+import schemes
 import scoring
 import tracking
-from config import Config, ConfigError, config_help, experiment_configs, parse_overrides
-from files import run_dir, save_weights_atomic, write_atomic, write_bytes_atomic
+from augment import EntitySwapper
+from config import CHOICES, Config, ConfigError
+from config_check import config_help, experiment_configs, parse_overrides
+from files import (
+    METRICS,
+    run_dir,
+    save_weights_atomic,
+    source_dirs,
+    start_run,
+    write_atomic,
+    write_bytes_atomic,
+)
+from inference import Batcher, autocast_dtype, mixed_precision, predict_sentences
+from methods import METHODS, sources_of
 from model import (
     Tagger,
     build_tagger,
+    cast_frozen,
     count_parameters,
     load_encoder,
     load_trained_state,
@@ -52,13 +66,17 @@ from model import (
 
 def param_groups(model: Tagger, cfg: Config, verbose: bool = False) -> list[dict]:
     """AdamW groups: no weight decay on biases and LayerNorm weights (the 1-d parameters); the
-    CRF's scores in a group of their own, at crf_lr and without decay."""
+    groups a method asks for (LoRA+'s B factors) and the CRF's scores in groups of their own,
+    the CRF's at crf_lr and without decay."""
+    method = METHODS[cfg.method]
+    extra = method.optimizer_groups(model, cfg) if method.optimizer_groups else []
     crf = list(model.crf.parameters()) if model.crf is not None else []
-    rest = [p for p in model.parameters() if p.requires_grad and all(p is not c for c in crf)]
+    taken = {id(p) for group in extra for p in group["params"]} | {id(p) for p in crf}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     groups = [{"name": "decayed (matrices)", "params": [p for p in rest if p.ndim >= 2],
                "weight_decay": cfg.weight_decay, "lr": cfg.lr},
               {"name": "not decayed (biases, LayerNorm)", "params": [p for p in rest if p.ndim < 2],
-               "weight_decay": 0.0, "lr": cfg.lr}]
+               "weight_decay": 0.0, "lr": cfg.lr}] + extra
     if crf:
         groups.append({"name": "CRF scores", "params": crf, "weight_decay": 0.0,
                        "lr": cfg.crf_lr})
@@ -72,6 +90,9 @@ def param_groups(model: Tagger, cfg: Config, verbose: bool = False) -> list[dict
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the peak learning rate at `step`: linear warm-up, then the schedule."""
+    if schedule not in CHOICES["lr_scheduler_type"]:
+        raise ValueError(f"lr_scheduler_type must be one of {CHOICES['lr_scheduler_type']}, "
+                         f"got {schedule!r}")
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -79,7 +100,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
         return max(0.0, 1.0 - progress)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * max(0.0, min(1.0, progress))))
-    return 1.0
+    return 1.0  # constant
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -104,65 +125,27 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. fp16 needs CUDA: on the CPU it falls back
-    to fp32 (said in the log), so a GPU config still runs, slowly, on a laptop."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16" and device.type == "cuda":
-        return torch.float16
-    if precision == "fp16":
-        print("precision fp16 needs CUDA; running fp32 on the CPU", file=sys.stderr)
+def device_notice(configs: list[Config]) -> str | None:
+    """One line when experiments ask for CUDA on a machine without it (they run on the CPU,
+    which `gpu: -1` would say on purpose), else None."""
+    asked = sorted({str(c.gpu) for c in configs
+                    if (c.gpu if isinstance(c.gpu, list) else [c.gpu]) != [-1]})
+    if asked and not torch.cuda.is_available():
+        return (f"notice: gpu: {', '.join(asked)} asks for CUDA, which this machine lacks: "
+                f"running on the CPU (gpu: -1 says so on purpose)")
     return None
-
-
-def mixed_precision(device: torch.device, amp: torch.dtype | None) -> torch.autocast:
-    """Autocast in `amp`, or a no-op for plain fp32."""
-    return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
-
-
-@dataclass
-class Batcher:
-    """How windows become padded tensors on the device."""
-    pad_id: int
-    max_length: int
-    multiple: int  # pad lengths up to a multiple of this
-    device: torch.device
-
-    def __call__(self, windows: list[data.Window]) -> dict[str, torch.Tensor]:
-        batch = data.collate(windows, self.pad_id, self.max_length, self.multiple)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
-@torch.inference_mode()
-def predict_windows(model: Tagger, windows: list[data.Window], batch_size: int,
-                    batcher: Batcher, amp: torch.dtype | None) -> list[list[int]]:
-    """Predicted tag ids for the words of every window, in window order (eval mode: no
-    dropout, so the same weights always give the same tags)."""
-    model.eval()
-    predictions: list[list[int]] = [[] for _ in windows]
-    lengths = [len(w.input_ids) for w in windows]
-    for indices in data.sorted_batches(lengths, batch_size):
-        batch = batcher([windows[i] for i in indices])
-        with mixed_precision(batcher.device, amp):
-            emissions = model(batch["input_ids"], batch["attention_mask"], batch["word_index"])
-        tags = model.predict(emissions, batch["word_mask"], batch.get("continues")).cpu()
-        for row, i in enumerate(indices):  # tags: (B, W)
-            predictions[i] = tags[row, :len(windows[i].word_starts)].tolist()
-    return predictions
-
-
-def evaluate(model: Tagger, split: list[data.Sentence], windows: list[data.Window],
-             labels: list[str], batch_size: int, batcher: Batcher, amp: torch.dtype | None
-             ) -> tuple[dict, list]:
+def evaluate(model: Tagger, split: list[data.Sentence], tokenized: list[data.TokenizedSentence],
+             windows: list[data.Window], labels: list[str], batch_size: int, batcher: Batcher,
+             amp: torch.dtype | None) -> tuple[dict, list]:
     """Scores on a split, and the predicted tag strings per sentence."""
     started = time.perf_counter()
-    by_window = predict_windows(model, windows, batch_size, batcher, amp)
-    by_sentence = data.merge_window_predictions(windows, by_window, [len(s.tokens) for s in split])
+    by_sentence = predict_sentences(model, tokenized, windows, batch_size, batcher, amp)
     predicted = [[labels[t] for t in sentence] for sentence in by_sentence]
     metrics = scoring.score([s.tags for s in split], predicted)
     metrics["seconds"] = time.perf_counter() - started
@@ -175,8 +158,12 @@ def evaluate(model: Tagger, split: list[data.Sentence], windows: list[data.Windo
 
 def tokenized_splits(cfg: Config, corpus: data.Corpus, tokenizer) -> dict[str, list]:
     """The three splits tokenised, from the sweep's cache when an earlier run did the same work
-    (same corpus files, encoder, label set and limits); else tokenised and cached."""
+    (same corpus files read in the same tag scheme, encoder, label set, limits, and the same
+    reading and tokenising code); else tokenised and cached."""
     key = fingerprint.digest({
+        "code": [fingerprint.code_digest(Path(data.__file__)),
+                 fingerprint.code_digest(Path(schemes.__file__))],
+        "tag_scheme": cfg.tag_scheme,
         "corpus": fingerprint.corpus_digest(corpus.paths),
         "encoder": fingerprint.encoder_digest(cfg.model, resolve_model(cfg.model)),
         "labels": corpus.labels, "train_limit": cfg.train_limit, "eval_limit": cfg.eval_limit})
@@ -250,23 +237,37 @@ class Progress:
 # The run
 
 
+class DivergedError(RuntimeError):
+    """The training loss became NaN or inf: the run stops instead of training on it."""
+
+
 def train(cfg: Config) -> dict:
     """Train, keep the best devel epoch, score it on test once, write the run's files; the
-    metrics."""
+    metrics. The tracker and the log are closed however the run ends."""
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    start_run(out)  # a sweep's record of earlier weights must not survive this run
+    write_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    with contextlib.ExitStack() as closing:
+        tracker = tracking.open_tracker(cfg.tracker, cfg.tracker_project,
+                                        f"{cfg.name}/seed{cfg.seed}", dataclasses.asdict(cfg),
+                                        out / "tracker")  # fails fast
+        closing.callback(tracker.close)
+        log = closing.enter_context((out / "log.jsonl").open("w", encoding="utf-8"))
+        return run(cfg, out, tracker, log)
+
+
+def run(cfg: Config, out: Path, tracker, log) -> dict:
+    """The body of `train`: setup, the epochs, test, the files."""
     # Setup: corpus, encoder, windows, tagger
     started = time.perf_counter()
     label = f"[{cfg.name} seed {cfg.seed}]"
-    out = run_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
-    tracker = tracking.open_tracker(cfg.tracker, cfg.tracker_project, f"{cfg.name}/seed{cfg.seed}",
-                                    dataclasses.asdict(cfg), out / "tracker")  # fails fast
     device = pick_device(cfg)
     amp = autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)
 
     corpus = data.load_corpus(cfg.dataset, cfg.data_dir or None, cfg.train_limit,
-                              cfg.eval_limit, cfg.allow_unseen_tags)
+                              cfg.eval_limit, cfg.allow_unseen_tags, cfg.tag_scheme)
     write_atomic(out / "labels.json", json.dumps(corpus.labels))
     encoder, tokenizer = load_encoder(cfg.model)
     max_length = min(cfg.max_length, encoder.config.max_position_embeddings)
@@ -276,8 +277,8 @@ def train(cfg: Config) -> dict:
                for split in ("devel", "test")}
     swapper = None
     if cfg.aug is not None:
-        swapper = data.EntitySwapper(corpus.train, tokenized["train"], tokenizer, corpus.labels,
-                                     cfg.aug.p, cfg.aug.copies)
+        swapper = EntitySwapper(corpus.train, tokenized["train"], tokenizer, corpus.labels,
+                                cfg.aug.p, cfg.aug.copies)
 
     def training_windows(epoch: int) -> list[data.Window]:
         """The epoch's training windows: the split as it is, or with fresh entity swaps."""
@@ -293,14 +294,15 @@ def train(cfg: Config) -> dict:
     batcher = Batcher(tokenizer.pad_token_id, max_length,
                       cfg.pad_multiple or (16 if device.type == "cuda" else 1), device)
 
-    model, method_report = build_tagger(cfg, corpus.labels, encoder)
+    sources = source_dirs(out, cfg.seed, sources_of(cfg))
+    model, method_report = build_tagger(cfg, corpus.labels, encoder, sources)
     model.to(device)
     if amp is not None:
         # A frozen weight needs no fp32 master copy: keep it in the autocast dtype (half memory).
-        lora.cast_frozen(model.encoder, amp)
+        cast_frozen(model.encoder, amp)
     trainable, total = count_parameters(model)
-    print(f"{label} {device}, {cfg.precision}, lr {cfg.lr:g}, trainable parameters "
-          f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    print(f"{label} {device}, {cfg.precision}, {cfg.method}, lr {cfg.lr:g}, trainable "
+          f"parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
     steps_per_epoch = [math.ceil(len(w) / cfg.batch_size) for w in epoch_windows]
     total_steps = sum(steps_per_epoch)
@@ -311,8 +313,8 @@ def train(cfg: Config) -> dict:
         optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler_type))
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     trainable_params = [p for p in model.parameters() if p.requires_grad]
-    log = (out / "log.jsonl").open("w", encoding="utf-8")
     progress = Progress(label, total_steps, cfg.log_every)
+    guard = LossGuard(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup_seconds = time.perf_counter() - started
@@ -338,6 +340,7 @@ def train(cfg: Config) -> dict:
                                   batch["word_index"])  # (B, W, K)
                 loss = model.loss(emissions, batch["tags"], batch["word_mask"],
                                   batch.get("continues"))
+            guard.watch(loss, step)
             scaler.scale(loss).backward()
             if cfg.max_grad_norm > 0:
                 scaler.unscale_(optimizer)
@@ -352,6 +355,7 @@ def train(cfg: Config) -> dict:
             padded_tokens += batch["input_ids"].numel()
             logged = None
             if step % cfg.log_every == 0:  # the only host sync of the step loop
+                guard.check(epoch)
                 logged = loss.item()
                 lr = schedule.get_last_lr()[0]
                 log.write(json.dumps({"step": step, "epoch": epoch, "loss": logged,
@@ -363,10 +367,11 @@ def train(cfg: Config) -> dict:
             torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - epoch_started
         progress.end_epoch()
+        guard.check(epoch)
         epoch_losses.append(loss_sum.item() / len(batches))
 
-        devel, _ = evaluate(model, corpus.devel, windows["devel"], corpus.labels,
-                            cfg.eval_batch_size, batcher, amp)
+        devel, _ = evaluate(model, corpus.devel, tokenized["devel"], windows["devel"],
+                            corpus.labels, cfg.eval_batch_size, batcher, amp)
         devel_seconds += devel["seconds"]
         devel_curve.append(devel["f1"])
         log.write(json.dumps({"epoch": epoch, "step": step, "mean_loss": epoch_losses[-1],
@@ -379,12 +384,11 @@ def train(cfg: Config) -> dict:
         if devel["f1"] > best["f1"]:
             best = {"f1": devel["f1"], "epoch": epoch, "metrics": devel,
                     "state": trained_state(model)}
-    log.close()
 
     # Evaluation: test, once, with the best devel epoch's weights
     load_trained_state(model, best["state"], "the best devel epoch")
-    test, predicted = evaluate(model, corpus.test, windows["test"], corpus.labels,
-                               cfg.eval_batch_size, batcher, amp)
+    test, predicted = evaluate(model, corpus.test, tokenized["test"], windows["test"],
+                               corpus.labels, cfg.eval_batch_size, batcher, amp)
     peak, peak_measure = peak_memory_mb(device)
     metrics = {
         "name": cfg.name, "method": cfg.method, "seed": cfg.seed, "dataset": cfg.dataset,
@@ -403,13 +407,44 @@ def train(cfg: Config) -> dict:
     }
     tracker.summary({"test_f1": test["f1"], "devel_f1": best["f1"],
                      "best_epoch": best["epoch"] + 1})
-    tracker.close()
     write_run_files(cfg, out, model, corpus, predicted, best["state"], metrics)
     print(f"{label} test F1 {test['f1']:.4f} (P {test['precision']:.4f}, "
           f"R {test['recall']:.4f}); {metrics['tokens_per_second']:.0f} tokens/s, "
           f"{setup_seconds:.0f} s setup, {train_seconds:.0f} s training, peak {peak:.0f} MB "
           f"({peak_measure})")
     return metrics
+
+
+class LossGuard:
+    """Watches the training loss for NaN and inf without a host sync per step: the first bad
+    step and the last finite loss are kept on the device, and `check` (at the loop's logging
+    steps and each epoch's end, which sync anyway) raises DivergedError naming them.
+
+    The fp16 GradScaler already skips steps whose gradients overflow while the loss is finite;
+    a loss that is itself not finite is divergence (or emissions that overflowed), and training
+    on it would only spread NaN through the weights.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # step, -1: none
+        self.last_finite = torch.full((), float("nan"), device=device)
+        self.last_finite_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def watch(self, loss: torch.Tensor, step: int) -> None:
+        finite = torch.isfinite(loss.detach())
+        bad_now = ~finite & (self.first_bad < 0)
+        self.first_bad = torch.where(bad_now, step, self.first_bad)
+        keep = finite & (self.first_bad < 0)
+        self.last_finite = torch.where(keep, loss.detach().float(), self.last_finite)
+        self.last_finite_step = torch.where(keep, step, self.last_finite_step)
+
+    def check(self, epoch: int) -> None:
+        first_bad = int(self.first_bad)
+        if first_bad >= 0:
+            raise DivergedError(
+                f"training loss is not finite at step {first_bad + 1} (epoch {epoch + 1}); last "
+                f"finite loss {float(self.last_finite):.4g} at step "
+                f"{int(self.last_finite_step) + 1}: lower lr or use fp32/bf16")
 
 
 def predictions_text(split: list[data.Sentence], predicted: list[list[str]]) -> str:
@@ -419,15 +454,16 @@ def predictions_text(split: list[data.Sentence], predicted: list[list[str]]) -> 
 
 def write_run_files(cfg: Config, out: Path, model: Tagger, corpus: data.Corpus,
                     predicted: list[list[str]], state: dict, metrics: dict) -> None:
-    """Test predictions, the trained weights (and a PEFT copy of a LoRA adapter), and last
-    `metrics.json`, whose presence says the run finished."""
+    """Test predictions, the trained weights (and what the method exports: a PEFT copy of a
+    LoRA adapter), and last `metrics.json`, whose presence says the run finished."""
     write_atomic(out / "predictions.txt", predictions_text(corpus.test, predicted))
     if cfg.save_weights:
         save_weights_atomic(out / "weights.safetensors", state,
                             {"config": dataclasses.asdict(cfg), "labels": corpus.labels})
-        if cfg.method == "lora":  # the adapter again, in the folder layout PEFT loads
-            lora.export_peft(model.encoder, out / "peft", resolve_model(cfg.model))
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+        method = METHODS[cfg.method]
+        if method.export is not None:  # e.g. a LoRA adapter again, in the folder PEFT loads
+            method.export(model.encoder, out / method.export_folder, resolve_model(cfg.model))
+    write_atomic(out / METRICS, json.dumps(metrics, indent=2))
 
 
 USAGE = """usage: python train.py CONFIG.yml [--experiment NAME] [--key=value ...]
@@ -461,6 +497,9 @@ def main(argv: list[str]) -> int:
         print(f"{path}: no experiment named {experiment!r} "
               f"(have: {', '.join(c.name for c in configs)})", file=sys.stderr)
         return 2
+    notice = device_notice(chosen[:1])
+    if notice:
+        print(notice, file=sys.stderr)
     print(json.dumps(train(chosen[0])["test"], indent=2))
     return 0
 

@@ -3,13 +3,19 @@
     python bench/train_speed.py --method full --precision fp32 --sentences 960
     python bench/train_speed.py --method lora --targets query,value --precision bf16
     python bench/train_speed.py --method lora --crf --device cuda --precision bf16
+    python bench/train_speed.py --method lora --dora          # DoRA against peft use_dora
+    python bench/train_speed.py --method lora --targets all-linear
+    python bench/train_speed.py --method ia3                  # IA3 against peft IA3Config
 
 Both sides train the same first N sentences of the bc5cdr training split (one epoch), batch
 32, max 128 subwords, at the same precision, and report real (non-padding) subword tokens per
 second of training. The peer is what people write today:
 
 - full: `AutoModelForTokenClassification` + `DataCollatorForTokenClassification` + `Trainer`;
-- lora: the same wrapped by PEFT `get_peft_model` (task type TOKEN_CLS, same rank and targets);
+- lora: the same wrapped by PEFT `get_peft_model` (task type TOKEN_CLS, same rank and targets;
+  `--dora`: `use_dora=True`; `--targets all-linear`: PEFT's own `"all-linear"`);
+- ia3: the same wrapped by PEFT `IA3Config`, with ours' modules: keys, values and the
+  feed-forward output projection's input (`feedforward_modules`);
 - lora --crf: PEFT LoRA encoder, first-subword gathering and a pytorch-crf head, by `Trainer`.
 
 Peak memory (CUDA only, `torch.cuda.max_memory_allocated`) is reported for both sides. Needs the
@@ -46,7 +52,8 @@ def ours(args, output_dir: str) -> dict:
         "save_weights": False,
     }
     if args.method == "lora":
-        values.update(rank=args.rank, alpha=2.0 * args.rank, targets=args.targets)
+        values.update(rank=args.rank, alpha=2.0 * args.rank, targets=args.targets,
+                      dora=args.dora)
     if args.crf:
         values["crf"] = True
     if args.checkpointing:
@@ -118,16 +125,25 @@ def peer(args, output_dir: str) -> dict:
         model = PeerCRFTagger(AutoModel.from_pretrained(path), K)
     else:
         model = AutoModelForTokenClassification.from_pretrained(path, num_labels=K)
-    if args.method == "lora":
-        from peft import LoraConfig, get_peft_model
+    if args.method in ("lora", "ia3"):
+        from peft import IA3Config, LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
-                          target_modules=args.targets,
-                          task_type=None if args.crf else "TOKEN_CLS")
+        if args.method == "lora":
+            targets = "all-linear" if args.targets == ["all-linear"] else args.targets
+            adapter = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
+                                 target_modules=targets, use_dora=args.dora,
+                                 task_type=None if args.crf else "TOKEN_CLS")
+        else:  # our IA3's modules, by full name: PEFT's BERT default also takes attention.output
+            names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and (
+                n.endswith(("attention.self.key", "attention.self.value"))
+                or (n.endswith("output.dense") and not n.endswith("attention.output.dense")))]
+            adapter = IA3Config(target_modules=names, task_type=None if args.crf else "TOKEN_CLS",
+                                feedforward_modules=[n for n in names
+                                                     if n.endswith("output.dense")])
         if args.crf:
-            model.encoder = get_peft_model(model.encoder, lora)
+            model.encoder = get_peft_model(model.encoder, adapter)
         else:
-            model = get_peft_model(model, lora)
+            model = get_peft_model(model, adapter)
     arguments = TrainingArguments(
         output_dir=output_dir, per_device_train_batch_size=32, num_train_epochs=args.epochs,
         learning_rate=args.lr, bf16=args.precision == "bf16", fp16=args.precision == "fp16",
@@ -147,8 +163,9 @@ def peer(args, output_dir: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", choices=["full", "lora"], default="full")
+    parser.add_argument("--method", choices=["full", "lora", "ia3"], default="full")
     parser.add_argument("--crf", action="store_true")
+    parser.add_argument("--dora", action="store_true", help="lora: DoRA on both sides")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--targets", type=lambda s: s.split(","),
                         default=["query", "key", "value", "attention.output.dense"])
@@ -182,7 +199,8 @@ def main() -> None:
     if "ours" in results and "peer" in results:
         results["speedup"] = (results["ours"]["tokens_per_second"]
                               / results["peer"]["tokens_per_second"])
-        print(f"\n{args.method}{' + crf' if args.crf else ''}, {args.precision}, "
+        print(f"\n{args.method}{' + dora' if args.dora else ''}{' + crf' if args.crf else ''}, "
+              f"{','.join(args.targets) if args.method == 'lora' else ''} {args.precision}, "
               f"{results['device_name']}: ours {results['ours']['tokens_per_second']:.0f} "
               f"tokens/s, peer {results['peer']['tokens_per_second']:.0f} tokens/s, "
               f"ratio {results['speedup']:.2f}x")

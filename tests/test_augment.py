@@ -8,7 +8,8 @@ import pytest
 from conftest import make_sentences, write_corpus, write_iob
 from transformers import AutoTokenizer
 
-import config
+import augment
+import config_check
 import data
 import model
 import train
@@ -42,7 +43,7 @@ def test_bank_holds_training_mentions_only(tmp_path):
     folder = write_corpus(tmp_path / "c", sizes=(30, 10, 10))
     write_iob(folder / "devel.tsv", [(["zzzdrug", "x"], ["B-Chemical", "O"])])
     corpus = data.load_corpus(str(folder))
-    bank = data.build_mention_bank(corpus.train)
+    bank = augment.build_mention_bank(corpus.train)
     expected = {(entity_type, tuple(s.tokens[a:b])) for s in corpus.train
                 for a, b, entity_type in data.mention_spans(s.tags)}
     assert {(entity_type, m) for entity_type, ms in bank.items() for m in ms} == expected
@@ -52,9 +53,9 @@ def test_bank_holds_training_mentions_only(tmp_path):
 def test_training_builds_its_bank_from_the_training_split(tmp_path, tiny_encoder, monkeypatch):
     folder = write_corpus(tmp_path / "c", sizes=(20, 6, 6))
     seen = []
-    original = data.build_mention_bank
-    monkeypatch.setattr(data, "build_mention_bank", lambda s: seen.append(s) or original(s))
-    cfg = config.make_config({"model": str(tiny_encoder), "dataset": str(folder), "gpu": -1,
+    original = augment.build_mention_bank
+    monkeypatch.setattr(augment, "build_mention_bank", lambda s: seen.append(s) or original(s))
+    cfg = config_check.make_config({"model": str(tiny_encoder), "dataset": str(folder), "gpu": -1,
                              "epochs": 2, "output_dir": str(tmp_path / "out"),
                              "aug": {"p": 0.5, "copies": 1}}, "test")
     metrics = train.train(cfg)
@@ -65,11 +66,11 @@ def test_training_builds_its_bank_from_the_training_split(tmp_path, tiny_encoder
 @pytest.mark.parametrize("p", [0.3, 1.0])
 def test_swap_keeps_context_and_entity_sequence(p):
     train_split = sentences()
-    bank = data.build_mention_bank(train_split)
+    bank = augment.build_mention_bank(train_split)
     rng = random.Random(0)
     changed = 0
     for s in train_split:
-        words, tags = data.swap_mentions(s.tokens, s.tags, bank, p, rng)
+        words, tags = augment.swap_mentions(s.tokens, s.tags, bank, p, rng)
         assert len(words) == len(tags) and is_valid_bio(tags)
         old, new = data.mention_spans(s.tags), data.mention_spans(tags)
         assert [t for _, _, t in new] == [t for _, _, t in old]  # same count and types, in order
@@ -86,7 +87,7 @@ def test_p_zero_is_the_identity(tiny_encoder):
     train_split = sentences()
     tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
     for copies in (0, 2):
-        swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.0, copies)
+        swapper = augment.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.0, copies)
         result = swapper.epoch(train.epoch_seed(1, 0))
         assert result == list(tokenized) * (copies + 1)
 
@@ -95,7 +96,7 @@ def test_same_seed_and_epoch_repeat_next_epoch_differs(tiny_encoder):
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
     train_split = sentences()
     tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
-    swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.5, copies=1)
+    swapper = augment.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.5, copies=1)
     first = swapper.epoch(train.epoch_seed(3, 0))
     assert first == swapper.epoch(train.epoch_seed(3, 0))
     assert first != swapper.epoch(train.epoch_seed(3, 1))
@@ -115,12 +116,12 @@ def test_spliced_pieces_equal_tokenising_the_swapped_sentence(which, tiny_encode
         data.Sentence(["Cis-platinum", "(", "CDDP", ")", "caused", "renal", "failure", "."],
                       ["B-Chemical", "O", "B-Chemical", "O", "O", "B-Disease", "I-Disease", "O"])]
     tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
-    swapper = data.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.7, copies=0)
+    swapper = augment.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.7, copies=0)
     spliced = swapper.epoch(train.epoch_seed(5, 2))
     # Redo the same draws on token strings, then tokenise those sentences from scratch.
     rng = random.Random(5 * 1_000_003 + 2)
-    bank = data.build_mention_bank(train_split)
-    swapped = [data.Sentence(*data.swap_mentions(s.tokens, s.tags, bank, 0.7, rng))
+    bank = augment.build_mention_bank(train_split)
+    swapped = [data.Sentence(*augment.swap_mentions(s.tokens, s.tags, bank, 0.7, rng))
                for s in train_split]
     assert spliced == data.tokenize_sentences(swapped, tokenizer, LABELS)
     assert sum(a != b for a, b in zip(spliced, tokenized)) > 10

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 import config
-import sweep
+import config_check
+import methods
+import preflight
+import report
 
 ROOT = Path(config.__file__).parent
 
@@ -23,7 +26,7 @@ def write_yaml(tmp_path, text: str, name: str = "x.yml") -> Path:
 def problems(path, overrides=None) -> list[str]:
     """The lines of the ConfigError that `experiment_configs` raises for `path`."""
     with pytest.raises(config.ConfigError) as error:
-        config.experiment_configs(path, overrides)
+        config_check.experiment_configs(path, overrides)
     return str(error.value).splitlines()
 
 
@@ -33,13 +36,13 @@ def problems(path, overrides=None) -> list[str]:
 def test_experiments_inherit_top_level_defaults(tmp_path):
     path = write_yaml(tmp_path, "lr: 5e-5\nepochs: 2\nexperiments:\n"
                                 "  - {name: a}\n  - {name: b, lr: 1e-3, fp16: true}\n")
-    a, b = config.experiment_configs(path)
+    a, b = config_check.experiment_configs(path)
     assert (a.name, a.lr, a.epochs, a.precision) == ("a", 5e-5, 2, "fp32")
     assert (b.name, b.lr, b.epochs, b.precision) == ("b", 1e-3, 2, "fp16")
 
 
 def test_a_file_without_experiments_is_one_experiment(tmp_path):
-    [cfg] = config.experiment_configs(write_yaml(tmp_path, "epochs: 2\nrank: 4\n"))
+    [cfg] = config_check.experiment_configs(write_yaml(tmp_path, "epochs: 2\nrank: 4\n"))
     assert (cfg.name, cfg.epochs, cfg.rank) == ("run", 2, 4)
 
 
@@ -54,7 +57,8 @@ def test_a_file_without_experiments_is_one_experiment(tmp_path):
     ("tracker: mlflow\n", 1, "key 'tracker' must be one of"),
     ("fusion_mode: concat\n", 1, "key 'fusion_mode' must be one of"),
     ("batch_size: 0\n", 1, "key 'batch_size' must be >= 1"),
-    ("experiments:\n  - {name: a}\n  - {name: b, rank: 0}\n", 3, "key 'rank' must be >= 1"),
+    ("experiments:\n  - {name: a}\n  - {name: b, method: lora, rank: 0}\n", 3,
+     "key 'rank' must be >= 1"),
     ("dropout: 1.0\n", 1, "key 'dropout' must be in [0, 1)"),
     ("lora_dropout: -0.1\n", 1, "key 'lora_dropout' must be in [0, 1)"),
     ("warmup_ratio: 1\n", 1, "key 'warmup_ratio' must be in [0, 1)"),
@@ -143,13 +147,13 @@ def test_an_unreadable_file_is_named(tmp_path):
 
 def test_command_line_overrides_are_typed_and_named_in_errors(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - {name: a, lr: 1e-4}\n")
-    overrides = config.parse_overrides(["--lr=3e-4", "--epochs=7", "--gpu=-1",
+    overrides = config_check.parse_overrides(["--lr=3e-4", "--epochs=7", "--gpu=-1",
                                         "--targets=[query,value]", "--lora-dropout=0.1"])
-    [cfg] = config.experiment_configs(path, overrides)
+    [cfg] = config_check.experiment_configs(path, overrides)
     assert (cfg.lr, cfg.epochs, cfg.gpu, cfg.targets, cfg.lora_dropout) == \
         (3e-4, 7, -1, ["query", "value"], 0.1)
     with pytest.raises(config.ConfigError, match="expected --key=value"):
-        config.parse_overrides(["--lr"])
+        config_check.parse_overrides(["--lr"])
     [message] = problems(path, {"nope": 1})
     assert message.startswith("command line --nope: ") and "unknown key 'nope'" in message
     [message] = problems(path, {"rank": 0})
@@ -162,7 +166,7 @@ def test_command_line_overrides_are_typed_and_named_in_errors(tmp_path):
 def test_a_grid_expands_into_named_typed_experiments(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - {name: base}\n"
                                 "  - {name: lora, method: lora, grid: {lr: [1e-3, 5e-3]}}\n")
-    base, low, high = config.experiment_configs(path)
+    base, low, high = config_check.experiment_configs(path)
     assert [c.name for c in (base, low, high)] == ["base", "lora[lr=0.001]", "lora[lr=0.005]"]
     assert (low.lr, high.lr) == (1e-3, 5e-3)
     assert isinstance(low.lr, float) and low.method == high.method == "lora"
@@ -172,7 +176,7 @@ def test_a_grid_expands_into_named_typed_experiments(tmp_path):
 def test_a_grid_over_two_keys_is_their_product(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - name: lora\n    method: lora\n"
                                 "    grid: {lr: [1e-3, 5e-3], rank: [4, 8, 16]}\n")
-    configs = config.experiment_configs(path)
+    configs = config_check.experiment_configs(path)
     assert [(c.lr, c.rank) for c in configs] == [(lr, r) for lr in (1e-3, 5e-3)
                                                   for r in (4, 8, 16)]
     assert configs[0].name == "lora[lr=0.001,rank=4]"
@@ -194,7 +198,7 @@ def test_a_bad_grid_is_an_error_naming_the_key(tmp_path, grid, words):
 
 
 def test_a_grid_value_out_of_range_is_reported(tmp_path):
-    path = write_yaml(tmp_path, "experiments:\n  - {name: l, grid: {rank: [4, 0]}}\n")
+    path = write_yaml(tmp_path, "experiments:\n  - {name: l, method: lora, grid: {rank: [4, 0]}}\n")
     [message] = problems(path)
     assert message.startswith(f"{path}:2: ")  # the grid's line: rank is written nowhere else
     assert "l[rank=0]" in message and "'rank' must be >= 1" in message
@@ -202,7 +206,7 @@ def test_a_grid_value_out_of_range_is_reported(tmp_path):
 
 def test_grid_names_must_not_collide_with_other_experiments(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - {name: 'l[rank=4]'}\n"
-                                "  - {name: l, grid: {rank: [4, 8]}}\n")
+                                "  - {name: l, method: lora, grid: {rank: [4, 8]}}\n")
     [message] = problems(path)
     assert "repeated: ['l[rank=4]']" in message
 
@@ -210,22 +214,23 @@ def test_grid_names_must_not_collide_with_other_experiments(tmp_path):
 # ------------------------------------------------------------------ defaults and old names
 
 
-@pytest.mark.parametrize("method", config.METHODS)
+@pytest.mark.parametrize("method", methods.METHODS)
 def test_lr_defaults_per_method_and_an_explicit_lr_wins(tmp_path, method):
     adapters = ", adapters: [x]" if method == "fusion" else ""
     path = write_yaml(tmp_path, f"experiments:\n  - {{name: a, method: {method}{adapters}}}\n"
                                 f"  - {{name: b, method: {method}{adapters}, lr: 3e-4}}\n")
-    default, explicit = config.experiment_configs(path)
-    assert default.lr == config.DEFAULT_LR[method]
+    default, explicit = config_check.experiment_configs(path)
+    assert default.lr == methods.METHODS[method].default_lr
     assert explicit.lr == 3e-4
-    assert config.DEFAULT_LR["lora"] > config.DEFAULT_LR["full"]  # the reason it exists
-    assert config.make_config({"method": "lora"}).lr == config.DEFAULT_LR["lora"]
+    # the reason it exists: LoRA wants a higher rate than full fine-tuning
+    assert methods.METHODS["lora"].default_lr > methods.METHODS["full"].default_lr
+    assert config_check.make_config({"method": "lora"}).lr == methods.METHODS["lora"].default_lr
 
 
 def test_the_old_fusion_key_is_read_as_fusion_mode(tmp_path, capsys):
     path = write_yaml(tmp_path, "experiments:\n  - {name: a, method: fusion, adapters: [x],\n"
                                 "     fusion: attention}\n")
-    [cfg] = config.experiment_configs(path)
+    [cfg] = config_check.experiment_configs(path)
     assert cfg.fusion_mode == "attention"
     assert not hasattr(cfg, "fusion")
     assert "'fusion' is now 'fusion_mode'" in capsys.readouterr().out
@@ -243,7 +248,7 @@ def test_the_old_and_new_fusion_keys_together_are_one_error(tmp_path):
 @pytest.mark.parametrize("value, expected", [("0", 0), ("-1", -1), ("[0, 1]", [0, 1]),
                                              ("[3]", [3])])
 def test_gpu_is_a_device_index_or_a_list(tmp_path, value, expected):
-    [cfg] = config.experiment_configs(write_yaml(tmp_path, f"gpu: {value}\n"))
+    [cfg] = config_check.experiment_configs(write_yaml(tmp_path, f"gpu: {value}\n"))
     assert cfg.gpu == expected
 
 
@@ -262,7 +267,7 @@ def test_a_bad_gpu_is_rejected(tmp_path, value):
 def test_make_config_reports_every_problem_in_one_error(values, expected):
     """Types and names first (a range means nothing for a wrong type), then every range."""
     with pytest.raises(config.ConfigError) as error:
-        config.make_config(values, "here")
+        config_check.make_config(values, "here")
     lines = str(error.value).splitlines()
     assert len(lines) == len(expected), lines
     assert all(line.startswith("here: ") for line in lines)
@@ -275,14 +280,14 @@ def test_make_config_reports_every_problem_in_one_error(values, expected):
 def test_sweep_settings_read_the_top_level_and_experiments_ignore_them(tmp_path):
     path = write_yaml(tmp_path, "baseline: lora\nbootstrap_resamples: 200\nbootstrap_seed: 3\n"
                                 "experiments:\n  - {name: full}\n  - {name: lora, method: lora}\n")
-    settings = config.sweep_settings(path)
+    settings = config_check.sweep_settings(path)
     assert settings == config.SweepSettings(baseline="lora", bootstrap_resamples=200,
                                             bootstrap_seed=3)
-    assert [c.name for c in config.experiment_configs(path)] == ["full", "lora"]
-    assert config.sweep_settings(path, {"bootstrap_seed": 9}).bootstrap_seed == 9
-    [cfg, _] = config.experiment_configs(path, {"bootstrap_seed": 9})  # not a run's key
+    assert [c.name for c in config_check.experiment_configs(path)] == ["full", "lora"]
+    assert config_check.sweep_settings(path, {"bootstrap_seed": 9}).bootstrap_seed == 9
+    [cfg, _] = config_check.experiment_configs(path, {"bootstrap_seed": 9})  # not a run's key
     assert cfg.name == "full"
-    assert config.sweep_settings(write_yaml(tmp_path, "lr: 1\n", "y.yml")) == \
+    assert config_check.sweep_settings(write_yaml(tmp_path, "lr: 1\n", "y.yml")) == \
         config.SweepSettings()
 
 
@@ -293,7 +298,7 @@ def test_sweep_settings_read_the_top_level_and_experiments_ignore_them(tmp_path)
 def test_bad_sweep_settings_name_file_line_and_key(tmp_path, text, line, words):
     path = write_yaml(tmp_path, text)
     with pytest.raises(config.ConfigError) as error:
-        config.sweep_settings(path)
+        config_check.sweep_settings(path)
     assert str(error.value).startswith(f"{path}:{line}: ") and words in str(error.value)
 
 
@@ -327,7 +332,7 @@ def test_every_config_key_has_a_why_comment(cls):
 
 
 def test_help_lists_every_key_with_its_default_and_comment():
-    text = " ".join(config.config_help().split())  # wrapping may split a line anywhere
+    text = " ".join(config_check.config_help().split())  # wrapping may split a line anywhere
     for cls in (config.Config, config.SweepSettings):
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -361,22 +366,29 @@ def test_the_known_configs_are_shipped():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_are_valid(name, capsys):
     path = ROOT / "configs" / f"{name}.yml"
-    configs = config.experiment_configs(path)
-    config.sweep_settings(path)
+    configs = config_check.experiment_configs(path)
+    config_check.sweep_settings(path)
     assert "is now 'fusion_mode'" not in capsys.readouterr().out  # no old key names shipped
-    assert configs and all(c.method in config.METHODS for c in configs)
-    assert sweep.fusion_problems(configs) == []  # fusion sources exist and fit
+    assert configs and all(c.method in methods.METHODS for c in configs)
+    assert preflight.fusion_problems(configs) == []  # fusion sources exist and fit
     if name == "bc5cdr":
         by_name = {c.name: c for c in configs}
-        assert {"full[lr=5e-05]", "lora-r8", "lora-r16[lr=0.001]", "lora-r32", "lora-r64",
-                "lora-r16-crf[crf_lr=0.05]", "lora-aug", "lora-r32-cosine", "lora-chem",
-                "lora-disease", "fusion-merge", "fusion-attention"} <= set(by_name)
-        assert config.sweep_settings(path).baseline == "full"  # the grid's devel choice
+        assert {"full[lr=5e-05]", "lora-r8[lr=0.0005]", "lora-r16[lr=0.001]",
+                "lora-r32[lr=0.002]", "lora-r64[lr=0.004]", "lora-r16-crf[crf_lr=0.05]",
+                "lora-aug", "lora-r32-cosine", "lora-chem", "lora-disease", "fusion-merge",
+                "fusion-attention", "lora-r16-all-linear[lr=0.001]", "dora-r16[lr=0.001]",
+                "lora-plus-r16[lr=0.0002]", "pfeiffer[lr=0.0003]", "houlsby[lr=0.0003]",
+                "ia3[lr=0.003]", "bitfit[lr=0.0005]", "adapter-fusion"} <= set(by_name)
+        assert config_check.sweep_settings(path).baseline == "full"  # the grid's devel choice
         seed_block = by_name["lora-r32-cosine"]
         assert (seed_block.rank, seed_block.lr, seed_block.lr_scheduler_type,
                 seed_block.warmup_steps) == (32, 5e-5, "cosine", 300)
         assert by_name["full[lr=5e-05]"].precision == "fp16"
-        assert by_name["lora-r8"].lr == config.DEFAULT_LR["lora"]
+        # every LoRA rank and every other PEFT method has a learning-rate grid of 3 or more
+        groups = report.grid_groups(configs)
+        for block in ("lora-r8", "lora-r16", "lora-r32", "lora-r64", "lora-r16-all-linear",
+                      "dora-r16", "lora-plus-r16", "pfeiffer", "houlsby", "ia3", "bitfit"):
+            assert len({by_name[m].lr for m in groups[block]}) >= 3, block
         assert by_name["lora-r16-crf[crf_lr=0.05]"].crf and by_name["lora-aug"].aug == \
             config.AugConfig(p=0.3, copies=1)
         assert by_name["fusion-merge"].fusion_mode == "merge"
@@ -384,3 +396,51 @@ def test_shipped_configs_are_valid(name, capsys):
         assert by_name["fusion-merge"].adapters == ["lora-chem", "lora-disease"]
         assert (by_name["lora-chem"].dataset, by_name["lora-disease"].dataset) == \
             ("bc5cdr_chem", "bc5cdr_disease")
+    if name == "peft_cpu":
+        by_name = {c.name: c for c in configs}
+        assert (by_name["full"].lr, by_name["lora-r16"].lr) == (4e-4, 4e-3)  # study_cpu's
+        groups = report.grid_groups(configs)
+        assert set(groups) == {"lora-r16-all-linear", "dora-r16", "lora-plus-r16", "pfeiffer",
+                               "houlsby", "ia3", "bitfit"}
+        assert all(len(members) >= 3 for members in groups.values())
+        assert {(c.train_limit, c.eval_limit, c.epochs, c.repeats) for c in configs} == \
+            {(1000, 500, 3, 3)}
+
+
+# ------------------------------------------------------------------ keys of another method
+
+
+def test_a_block_key_of_another_method_is_an_error_naming_both_methods(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: a, method: full, rank: 8}\n"
+                                "  - {name: f, method: fusion, adapters: [a],\n"
+                                "     grid: {targets: [[query]]}}\n")
+    rank, targets = problems(path)
+    assert rank.startswith(f"{path}:2: experiments[0] (a): key 'rank' belongs to method 'lora'")
+    assert "not 'full'" in rank
+    assert targets.startswith(f"{path}:4: ") and "'targets' belongs to method 'lora'" in targets
+    assert "not 'fusion'" in targets
+
+
+def test_top_level_and_command_line_keys_are_defaults_for_the_methods_that_use_them(tmp_path):
+    path = write_yaml(tmp_path, "rank: 4\nexperiments:\n  - {name: full}\n"
+                                "  - {name: lora, method: lora}\n")
+    full, lora_run = config_check.experiment_configs(path, {"alpha": 8.0})
+    assert (lora_run.rank, lora_run.alpha) == (4, 8.0)
+    assert full.method == "full"  # no error: top-level keys are defaults
+
+
+def test_the_seed_block_format_reads_as_written(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: lora-r32-cosine, method: lora, "
+                                "rank: 32, lr: 5e-5, epochs: 5, lr_scheduler_type: cosine, "
+                                "warmup_steps: 300}\n")
+    [cfg] = config_check.experiment_configs(path)
+    assert (cfg.method, cfg.rank, cfg.lr, cfg.epochs, cfg.lr_scheduler_type, cfg.warmup_steps) \
+        == ("lora", 32, 5e-5, 5, "cosine", 300)
+
+
+def test_help_lists_every_method_of_the_table():
+    text = config_check.config_help()
+    for method in methods.METHODS.values():
+        assert f"  {method.name}: trains " in text
+    assert "lr_scheduler_type (default 'linear'): how the learning rate decays after warm-up " \
+           "(one of: linear, cosine, constant)" in " ".join(text.split())

@@ -568,3 +568,57 @@ def test_skipping_value_checks_changes_nothing_for_valid_input():
                                                                 check_values=False))
     fast, checked = crf.decode(emissions, mask, check_values=False), crf.decode(emissions, mask)
     assert torch.equal(fast[0], checked[0]) and torch.equal(fast[1], checked[1])
+
+
+# ------------------------------------------------------------------ scaled out of its range
+
+
+def far_apart(g: float, K: int = 3) -> tuple[CRF, torch.Tensor]:
+    """The issue's repro: every score 0 but transitions[0, 1] = -800, and emissions that favour
+    tag 0 then tag 1 by g nats: the paths that matter differ by about g at a word."""
+    crf = CRF(K)
+    with torch.no_grad():
+        crf.start.zero_()
+        crf.end.zero_()
+        crf.transitions.zero_()
+        crf.transitions[0, 1] = -800.0
+    emissions = torch.tensor([[[0.0, -g, -g], [-g, 0.0, -g]]], dtype=torch.float64)
+    return crf, emissions
+
+
+@pytest.mark.parametrize("g", [600.0, 740.0, 760.0, 2000.0, 1e5])
+def test_scaled_equals_the_log_space_loop_far_outside_exp_range(g):
+    crf, emissions = far_apart(g)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    results = {}
+    for algorithm in ("scaled", "loop"):
+        leaf = emissions.clone().requires_grad_()
+        log_z = crf.log_partition(leaf, mask, algorithm=algorithm)
+        log_z.sum().backward()
+        results[algorithm] = (log_z.detach(), leaf.grad, crf.transitions.grad.clone())
+        crf.zero_grad()
+    for found, expected in zip(results["scaled"], results["loop"]):
+        assert torch.isfinite(found).all()
+        torch.testing.assert_close(found, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_only_the_sentences_out_of_range_leave_the_fast_path():
+    """A batch mixing ordinary and far-apart sentences: every row and every gradient as the
+    loop gives them, with NaN never reaching the ordinary rows' gradients."""
+    torch.manual_seed(0)
+    crf = CRF(3)
+    emissions = torch.randn(4, 5, 3, dtype=torch.float64)
+    emissions[1, 2] = torch.tensor([0.0, -3000.0, 3000.0])
+    emissions[3, :2] = torch.tensor([[0.0, -900.0, -900.0], [-900.0, 900.0, -900.0]])
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[2, 3:] = False
+    grads = {}
+    for algorithm in ("scaled", "loop"):
+        leaf = emissions.clone().requires_grad_()
+        log_z = crf.log_partition(leaf, mask, algorithm=algorithm)
+        (log_z * torch.arange(1.0, 5.0, dtype=torch.float64)).sum().backward()
+        grads[algorithm] = (log_z.detach(), leaf.grad, crf.transitions.grad.clone(),
+                            crf.start.grad.clone(), crf.end.grad.clone())
+        crf.zero_grad()
+    for found, expected in zip(grads["scaled"], grads["loop"]):
+        torch.testing.assert_close(found, expected, rtol=1e-9, atol=1e-9)

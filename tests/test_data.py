@@ -25,7 +25,7 @@ def test_reader_accepts_tabs_spaces_and_middle_columns(tmp_path):
 @pytest.mark.parametrize("text, line, words", [
     ("a\tO\nb\n", 2, "found 1 column"),
     ("a\tO\n\tO\n", 2, "empty token"),
-    ("a\tO\nb\tX-Chem\n", 2, "is not O, B-<type> or I-<type>"),
+    ("a\tO\nb\tX-Chem\n", 2, "is not O, B-<type> or I-<type> (BIO, IOB1), nor E-/S-"),
     ("a\tO\n\nb\tB-\n", 3, "is not O, B-<type> or I-<type>"),
 ])
 def test_reader_errors_name_file_and_line(tmp_path, text, line, words):
@@ -100,42 +100,104 @@ def test_missing_split_and_missing_folder_are_named(tmp_path):
         data.find_corpus("nope", str(tmp_path))
 
 
-def test_offline_without_data_dir_says_what_to_provide(monkeypatch):
+@pytest.fixture
+def corpus_server(tmp_path, monkeypatch):
+    """A local HTTP server on 127.0.0.1 serving <root>/<folder>/<split>.tsv, the known corpora's
+    URLs pointed at it, and an empty download cache."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "served"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(data, "SOURCE_URL",
+                        f"http://127.0.0.1:{server.server_port}/{{folder}}/{{split}}.tsv")
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    yield root
+    server.shutdown()
 
-    class Offline:
-        def __init__(self, **_):
-            pass
 
-        def download(self, urls):
-            raise ConnectionError("no network")
+def test_a_known_corpus_downloads_once_into_the_cache(corpus_server, tmp_path):
+    write_corpus(corpus_server / data.KNOWN_CORPORA["ncbi_disease"])
+    paths = data.find_corpus("ncbi_disease", None)
+    assert paths["devel"] == tmp_path / "cache/ner-peft/corpora/ncbi_disease/devel.tsv"
+    assert paths["test"].read_text() == (corpus_server / "NCBI-disease-IOB/test.tsv").read_text()
+    (corpus_server / "NCBI-disease-IOB" / "train.tsv").unlink()
+    assert data.find_corpus("ncbi_disease", None) == paths  # from the cache: no request
+    assert not list(paths["train"].parent.glob(".*"))  # no partial file left
 
-    import datasets
-    monkeypatch.setattr(datasets, "DownloadManager", Offline)
-    with pytest.raises(FileNotFoundError) as error:
+
+def test_a_failed_download_names_the_url_and_the_reason(corpus_server):
+    with pytest.raises(FileNotFoundError) as error:  # the server has no such file: HTTP 404
         data.find_corpus("bc5cdr", None)
-    assert "NER_DATA_DIR" in str(error.value) and "bc5cdr/" in str(error.value)
+    message = str(error.value)
+    assert "BC5CDR-IOB/train.tsv answered HTTP 404" in message and "NER_DATA_DIR" in message
+    assert "network" not in message  # the server answered: the network is not to blame
     with pytest.raises(FileNotFoundError, match="neither a folder nor a known corpus"):
         data.find_corpus("my_corpus", None)
 
 
-def test_download_asks_for_the_public_files(monkeypatch, tmp_path):
+def test_an_unreachable_host_is_blamed_on_the_network(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "SOURCE_URL", "http://127.0.0.1:9/{folder}/{split}.tsv")
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-    asked = {}
+    with pytest.raises(FileNotFoundError, match="could not reach .*Connection refused.*without "
+                                                "network, provide a folder"):
+        data.find_corpus("bc5cdr", None)
 
-    class Recorder:
-        def __init__(self, **_):
-            pass
 
-        def download(self, urls):
-            asked.update(urls)
-            return {s: str(tmp_path / f"{s}.tsv") for s in urls}
+def test_a_missing_corpus_lists_the_corpora_of_the_data_directory(tmp_path):
+    write_corpus(tmp_path / "bc5cdr")
+    write_corpus(tmp_path / "ncbi_disease")
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(FileNotFoundError, match="the corpora there: bc5cdr, ncbi_disease\\)"):
+        data.find_corpus("bc5dcr", str(tmp_path))
 
-    import datasets
-    monkeypatch.setattr(datasets, "DownloadManager", Recorder)
-    paths = data.find_corpus("ncbi_disease", None)
-    assert set(paths) == set(data.SPLITS)
-    assert asked["devel"].endswith("/data/NCBI-disease-IOB/devel.tsv")
+
+# ------------------------------------------------------------------ tagging schemes
+
+
+BIO = [(["Aspirin", "and", "lithium", "salts", "cause", "acute", "renal", "failure", "."],
+        ["B-Chemical", "O", "B-Chemical", "I-Chemical", "O", "B-Disease", "I-Disease",
+         "I-Disease", "O"]),
+       (["heparin", "heparin", "fever"], ["B-Chemical", "B-Chemical", "B-Disease"])]
+IOBES = [["S-Chemical", "O", "B-Chemical", "E-Chemical", "O", "B-Disease", "I-Disease",
+          "E-Disease", "O"], ["S-Chemical", "S-Chemical", "S-Disease"]]
+BILOU = [[t.replace("S-", "U-").replace("E-", "L-") for t in tags] for tags in IOBES]
+IOB1 = [["I-Chemical", "O", "I-Chemical", "I-Chemical", "O", "I-Disease", "I-Disease",
+         "I-Disease", "O"], ["I-Chemical", "B-Chemical", "I-Disease"]]
+
+
+@pytest.mark.parametrize("scheme, tags", [("iobes", IOBES), ("iobes", BILOU), ("iob1", IOB1),
+                                          ("bio", [t for _, t in BIO])])
+def test_every_scheme_reads_as_the_same_bio_entities(tmp_path, capsys, scheme, tags):
+    path = write_iob(tmp_path / "x.tsv", [(tokens, t) for (tokens, _), t in zip(BIO, tags)])
+    assert data.schemes.detect(tags) == scheme
+    for given in ("auto", scheme):
+        sentences = data.read_iob(path, given)
+        assert [s.tags for s in sentences] == [t for _, t in BIO]
+    said = capsys.readouterr().err
+    assert (f"tags read as {scheme.upper()}, converted to BIO" in said) == (scheme != "bio")
+
+
+def test_a_tag_outside_the_named_scheme_names_its_line(tmp_path):
+    assert_error_names_line(lambda p: data.read_iob(p, "bio"), tmp_path / "x.tsv",
+                            "a\tB-X\nb\tE-X\n", 2, "is not O or B/I-<type> (bio)")
+
+
+def test_a_rare_type_beside_a_similar_frequent_one_is_named_as_a_likely_typo(tmp_path, capsys):
+    sentences = make_sentences(40, seed=1)
+    sentences[3] = (["aspirin"], ["B-Chemcial"])
+    folder = write_corpus(tmp_path / "c")
+    write_iob(folder / "train.tsv", sentences)
+    corpus = data.load_corpus(str(folder), allow_unseen_tags=True)
+    assert "B-Chemcial" in corpus.labels  # still a label of its own: a warning, not an error
+    warning = capsys.readouterr().err
+    assert "entity type 'Chemcial' has 1 mention(s) beside 'Chemical'" in warning
+    assert data.likely_typos([data.Sentence(t, g) for t, g in make_sentences(40, seed=1)]) == []
 
 
 # ------------------------------------------------------------------ tokenising and windows

@@ -13,7 +13,7 @@ from conftest import make_sentences, make_tiny_bert, write_iob
 from safetensors.torch import load_file, save_file
 
 import compare
-import config
+import config_check
 import fusion
 import lora
 import model
@@ -207,7 +207,7 @@ def test_incompatible_sources_are_named():
 def save_lora_run(folder, rslora: bool):
     """A LoRA tagger with random adapters, saved as a run saves it (config.json and the trainable
     parameters in weights.safetensors, without training); returns the tagger."""
-    cfg = config.make_config({"gpu": -1, "method": "lora", "rank": 4, "alpha": 8.0,
+    cfg = config_check.make_config({"gpu": -1, "method": "lora", "rank": 4, "alpha": 8.0,
                               "rslora": rslora, "name": "chem", "model": "tiny"}, "test")
     tagger, _ = model.build_tagger(cfg, ["O", "B-X", "I-X"], make_tiny_bert())
     with torch.no_grad():
@@ -224,7 +224,7 @@ def test_source_adapter_is_each_layers_update_in_the_run(tmp_path, rslora):
     """The factors read from a run's weights, with the scale its config gives, are the trained
     layers' ΔW = s B A: right keys (the tagger's encoder prefix) and right scale."""
     layers = lora.lora_layers(save_lora_run(tmp_path / "run", rslora).encoder)
-    source = fusion.load_source_adapter(tmp_path / "run")
+    source = fusion.load_source(model.source_runs([tmp_path / "run"])[0])
     assert (source.name, source.model) == ("chem", "tiny")
     assert set(source.factors) == set(layers)  # safetensors sorts its keys
     for name, (A, B, s) in source.factors.items():
@@ -238,9 +238,9 @@ def test_source_adapter_with_half_a_pair_is_named(tmp_path):
     weights = load_file(str(path))
     del weights["encoder.encoder.layer.1.attention.self.value.lora_B"]
     save_file(weights, str(path))
-    with pytest.raises(ValueError, match="weights.safetensors: encoder.encoder.layer.1.attention"
+    with pytest.raises(ValueError, match="run: weights.safetensors: encoder.layer.1.attention"
                                          ".self.value.lora_B is missing"):
-        fusion.load_source_adapter(tmp_path / "run")
+        fusion.load_source(model.source_runs([tmp_path / "run"])[0])
 
 
 # ------------------------------------------------------------------ fusion sweeps
@@ -304,7 +304,8 @@ def test_missing_or_incompatible_source_fails_before_training(tmp_path, tiny_enc
     disease = "  - {name: disease, method: lora, dataset: disease}\n"
     cases = [
         (fusion_of % "adapters: [chem, nowhere]" + chem % ("lora", ""), "'nowhere' is neither"),
-        (fusion_of % "adapters: [chem]" + chem % ("full", ""), "method is 'full', not 'lora'"),
+        (fusion_of % "adapters: [chem]" + chem % ("full", ""),
+         "method 'full' makes no adapter to fuse"),
         (fusion_of % "adapters: [chem], repeats: 2" + chem % ("lora", ""),
          "the fusion needs [42, 43]"),
         (fusion_of % "adapters: [chem, disease]" + chem % ("lora", ", targets: [query]")
@@ -320,13 +321,127 @@ def test_fusion_of_saved_run_folders(tmp_path, tiny_encoder, domain_corpora):
     assert compare.main([str(sweep(tmp_path, tiny_encoder,
                                    "  - {name: chem, method: lora, dataset: chem}\n"))]) == 0
     folder = tmp_path / "out" / "chem" / "seed42"
-    source = fusion.load_source_adapter(folder)
+    source = fusion.load_source(model.source_runs([folder])[0])
     assert source.name == "chem" and len(source.factors) == 8
-    cfg = config.make_config({"model": str(tiny_encoder), "data_dir": str(tmp_path),
+    cfg = config_check.make_config({"model": str(tiny_encoder), "data_dir": str(tmp_path),
                              "dataset": "both", "gpu": -1, "epochs": 1, "method": "fusion",
                              "adapters": [str(folder), str(folder)], "fusion_weights": [0.5, 0.5],
                              "output_dir": str(tmp_path / "out2")}, "test")
     assert train.train(cfg)["fused_linears"] == 8
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="expected a finished LoRA run folder"):
-        fusion.load_source_adapter(tmp_path / "empty")
+    with pytest.raises(ValueError, match="empty: expected a finished run folder"):
+        model.source_runs([tmp_path / "empty"])
+
+
+# ------------------------------------------------------------------ bottleneck adapters
+
+
+def random_bottlenecks(name: str, seed: int) -> fusion.SourceBottlenecks:
+    """Pfeiffer adapters of width 4 with random weights for the tiny BERT."""
+    import adapters
+
+    torch.manual_seed(seed)
+    encoder = make_tiny_bert()
+    adapters.inject_adapters(encoder, "pfeiffer", reduction=8)
+    with torch.no_grad():
+        for param in encoder.parameters():
+            if param.requires_grad:
+                param.normal_(0, 0.3)
+    state = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
+    return fusion.SourceBottlenecks(name, "tiny", adapters.adapter_weights(state))
+
+
+BOTTLENECKS = [random_bottlenecks("chem", 1), random_bottlenecks("disease", 2)]
+
+
+def bottleneck_fused(sources=BOTTLENECKS):
+    encoder = make_tiny_bert()
+    fusion.fuse_bottlenecks(encoder, sources, dim=8)
+    return encoder.eval()
+
+
+def test_bottleneck_fusion_mixes_per_token_as_a_slow_loop_does():
+    encoder = bottleneck_fused()
+    layer = fusion.fusion_layers(encoder)[0]
+    with torch.no_grad():
+        torch.nn.init.normal_(layer.query.weight)
+        x = torch.randn(2, 3, 64)  # (B, T, I): the feed-forward output projection's input
+        fast = layer(x)
+        for b in range(2):
+            for t in range(3):
+                h = layer.base(x[b, t])  # (H,)
+                deltas = [a.up(torch.relu(a.down(h))) for a in layer.sources]
+                scores = torch.stack([layer.query(h) @ layer.key(d) for d in deltas]) / 8 ** 0.5
+                alpha = torch.softmax(scores, 0)
+                slow = h + sum(w * d for w, d in zip(alpha, deltas))
+                torch.testing.assert_close(fast[b, t], slow)
+
+
+def test_bottleneck_fusion_starts_as_the_average_of_the_adapters():
+    encoder = bottleneck_fused()
+    for layer in fusion.fusion_layers(encoder):
+        x = torch.randn(4, 64)
+        with torch.no_grad():
+            h = layer.base(x)
+            mean = sum(a.up(torch.relu(a.down(h))) for a in layer.sources) / 2
+            torch.testing.assert_close(layer(x), h + mean)
+    assert {n for n, p in encoder.named_parameters() if p.requires_grad} == {
+        f"encoder.layer.{i}.output.dense.{part}.weight" for i in (0, 1)
+        for part in ("query", "key")}
+
+
+def test_lora_and_bottleneck_sources_together_are_refused():
+    with pytest.raises(ValueError, match="different kinds"):
+        fusion.check_compatible([CHEM, BOTTLENECKS[0]], "tiny")
+
+
+def test_sweep_fuses_bottleneck_adapters_and_predict_reproduces_it(tmp_path, tiny_encoder,
+                                                                    domain_corpora):
+    import predict
+
+    path = sweep(tmp_path, tiny_encoder,
+                 "  - {name: chem, method: adapter, dataset: chem}\n"
+                 "  - {name: disease, method: adapter, dataset: disease}\n"
+                 "  - {name: fused, method: fusion, fusion_mode: attention,"
+                 " adapters: [chem, disease]}\n")
+    assert compare.main([str(path)]) == 0
+    folder = tmp_path / "out" / "fused" / "seed42"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["fused_linears"] == 2  # one Pfeiffer position per layer
+    assert metrics["trainable_params"] == 32 * 5 + 5 + 2 * (32 + 32) * 16
+    blocks = [[line.split() for line in block.splitlines()]
+              for block in (folder / "predictions.txt").read_text().strip().split("\n\n")]
+    tagger = predict.load_run(folder)
+    assert tagger.tag([[f[0] for f in b] for b in blocks]) == [[f[2] for f in b] for b in blocks]
+
+
+SOURCE_CASES = [  # (experiments, the one error line)
+    (["  - {name: chem, method: adapter, dataset: chem}",
+      "  - {name: f, method: fusion, fusion_mode: merge, adapters: [chem]}"],
+     "fusion_mode: merge adds the sources' ΔW, and a bottleneck adapter has none"),
+    (["  - {name: chem, method: adapter, dataset: chem}",
+      "  - {name: disease, method: lora, dataset: disease}",
+      "  - {name: f, method: fusion, fusion_mode: attention, adapters: [chem, disease]}"],
+     "its sources mix kinds of adapters (adapter and lora)"),
+    (["  - {name: chem, method: lora, dora: true, dataset: chem}",
+      "  - {name: f, method: fusion, adapters: [chem]}"],
+     "source 'chem' is a DoRA adapter"),
+    (["  - {name: chem, method: adapter, dataset: chem}",
+      "  - {name: disease, method: adapter, adapter_kind: houlsby, dataset: disease}",
+      "  - {name: f, method: fusion, fusion_mode: attention, adapters: [chem, disease]}"],
+     "its sources adapt different linears"),
+    (["  - {name: chem, method: bitfit, dataset: chem}",
+      "  - {name: f, method: fusion, fusion_mode: attention, adapters: [chem]}"],
+     "method 'bitfit' makes no adapter to fuse"),
+]
+
+
+@pytest.mark.parametrize("experiments, words", SOURCE_CASES)
+def test_sources_a_fusion_cannot_take_fail_before_training(tmp_path, tiny_encoder,
+                                                           domain_corpora, capsys,
+                                                           experiments, words):
+    path = sweep(tmp_path, tiny_encoder, "".join(line + "\n" for line in experiments))
+    assert compare.main([str(path)]) == 2
+    error = capsys.readouterr().err
+    assert words in error and len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

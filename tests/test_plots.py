@@ -42,7 +42,7 @@ def test_nothing_to_plot_writes_nothing(tmp_path):
 
 
 def test_pareto_draws_one_labelled_point_per_experiment():
-    figure = plots.pareto_figure(ROWS)
+    figure = plots.pareto_figure(ROWS, plots.colours([r["experiment"] for r in ROWS]))
     by_params, by_memory = figure.axes
     assert by_params.get_xscale() == "log" and by_memory.get_xscale() == "linear"
     for axes, key in ((by_params, "trainable_params"), (by_memory, "peak_memory_mb")):
@@ -57,7 +57,7 @@ def test_pareto_draws_one_labelled_point_per_experiment():
 
 
 def test_curves_are_the_mean_over_seeds_with_a_band_for_several():
-    figure = plots.curves_figure(CURVES)
+    figure = plots.curves_figure(CURVES, plots.colours(list(CURVES)))
     [axes] = figure.axes
     lines = {line.get_label().split(" (")[0]: line for line in axes.lines}
     assert set(lines) == {"full", "lora-r16"}  # an experiment without curves is left out
@@ -82,3 +82,19 @@ def test_importing_plots_does_not_import_matplotlib():
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            cwd=Path(plots.__file__).parent, check=True).stdout.strip()
     assert found == "False"
+
+
+def test_an_experiment_has_one_colour_in_both_figures_and_its_own_test_set_is_marked():
+    rows = [*ROWS, {**row("lora-chem", 0.63, 0.02, 296_067, 1150.0), "own_test_set": True}]
+    curves = {"lora-r16": CURVES["lora-r16"], "lora-chem": [[0.5, 0.6]], "full": CURVES["full"]}
+    palette = plots.colours([r["experiment"] for r in rows] + list(curves))
+    pareto = plots.pareto_figure(rows, palette)
+    points = {r["experiment"]: bar.lines[0] for r, bar in zip(rows, pareto.axes[0].containers)}
+    lines = {line.get_label().split(" (")[0]: line
+             for line in plots.curves_figure(curves, palette).axes[0].lines}
+    for name, line in lines.items():
+        assert line.get_color() == points[name].get_color()
+    assert len({p.get_color() for p in points.values()}) == len(points)
+    assert points["lora-chem"].get_markerfacecolor() == "none"
+    assert points["full"].get_markerfacecolor() != "none"
+    assert "lora-chem (own test set)" in [t.get_text() for t in pareto.axes[0].texts]

@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import CHEMICALS, make_sentences, write_corpus, write_iob
 
-import config
+import config_check
 import data
 import predict
+import text
 import train
 
 # experiment name → what differs from the shared tiny config. The fusions fuse the two LoRA
@@ -44,7 +45,7 @@ def runs(tmp_path_factory, tiny_encoder) -> dict[str, Path]:
               "output_dir": str(root / "out"), "log_every": 100}
     folders = {}
     for name, overrides in METHODS.items():
-        cfg = config.make_config({**shared, "name": name, **overrides}, "test")
+        cfg = config_check.make_config({**shared, "name": name, **overrides}, "test")
         train.train(cfg)
         folders[name] = root / "out" / name / "seed42"
     return folders
@@ -98,7 +99,8 @@ def test_plain_text_to_stdout(runs, tmp_path, capsys):
     # blank lines are skipped, any run of whitespace separates tokens
     text.write_text("\n\n".join("  ".join(t) for t in tokens[:5]) + "\n\n\n" +
                     "\n".join("\t".join(t) for t in tokens[5:]) + "\n")
-    assert predict.main([str(runs["lora"]), str(text)]) == 0
+    # the corpus's own tokens, which text.py's tokenizer would cut further: named, not detected
+    assert predict.main([str(runs["lora"]), str(text), "--format", "tokens"]) == 0
     captured = capsys.readouterr()
     assert read_blocks(captured.out) == [[[w, t] for w, t in zip(words, tags)]
                                          for words, tags in zip(tokens, predicted)]
@@ -209,3 +211,81 @@ def test_a_moved_sweep_still_finds_its_fusion_sources(runs, tmp_path):
     (run / "config.json").write_text(json.dumps({**saved, "output_dir": str(tmp_path / "gone")}))
     tokens, _, predicted = saved_predictions(run)
     assert predict.load_run(run).tag(tokens) == predicted
+
+
+# ------------------------------------------------------------------ raw text
+
+
+def abstract(tokens: list[list[str]]) -> tuple[str, list[list[str]]]:
+    """A document built from tokenised sentences: each made to read as one (its own periods
+    dropped, a capital first, a period last), the first on a line of its own as a title."""
+    sentences = [[w for w in s if w != "."] for s in tokens]
+    sentences = [[s[0].capitalize(), *s[1:], "."] for s in sentences if s]
+    lines = [text.join_tokens(sentences[0]), " ".join(text.join_tokens(s)
+                                                      for s in sentences[1:])]
+    return "\n".join(lines), sentences
+
+
+def test_tag_text_gives_the_entities_of_tagging_its_sentences_with_exact_offsets(runs):
+    tagger = predict.load_run(runs["lora-crf"])
+    tokens, _, _ = saved_predictions(runs["lora-crf"])
+    document, sentences = abstract(tokens[:6])
+    assert [[t.text for t in s] for s in text.sentences(document)] == sentences
+    spans = tagger.tag_text(document)
+    expected = [(kind, s[first:end]) for s, tags in zip(sentences, tagger.tag(sentences))
+                for first, end, kind in data.mention_spans(tags)]
+    assert spans and [(s.type, [t.text for t in text.tokenize(s.text)]) for s in spans] == \
+        expected
+    assert all(document[s.start:s.end] == s.text for s in spans)
+    assert spans == sorted(spans, key=lambda s: s.start)
+
+
+def test_text_input_writes_jsonl_and_pubtator_with_offsets_into_each_document(runs, tmp_path,
+                                                                            capsys):
+    tokens, _, _ = saved_predictions(runs["lora"])
+    documents = [abstract(tokens[i:i + 3])[0] for i in (0, 3, 6)]
+    path = tmp_path / "abstracts.txt"
+    path.write_text("\n\n".join(documents) + "\n")  # blank lines between documents
+    assert predict.main([str(runs["lora"]), str(path)]) == 0  # detected as text
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines and all(set(e) == {"doc", "start", "end", "type", "text"} for e in lines)
+    assert all(documents[e["doc"]][e["start"]:e["end"]] == e["text"] for e in lines)
+    tagger = predict.load_run(runs["lora"])
+    assert [(e["doc"], e["start"], e["end"]) for e in lines] == [
+        (doc, s.start, s.end) for doc, found in enumerate(tagger.tag_documents(documents))
+        for s in found]
+    assert predict.main([str(runs["lora"]), str(path), "--output-format", "pubtator"]) == 0
+    out = capsys.readouterr().out
+    blocks = out.strip("\n").split("\n\n")
+    assert len(blocks) == 3
+    for doc, block in enumerate(blocks):
+        title, body, *entities = block.split("\n")
+        assert title == f"{doc}|t|{documents[doc].split(chr(10))[0]}"
+        assert body.startswith(f"{doc}|a|")
+        joined = title.split("|t|")[1] + " " + body.split("|a|")[1]  # PubTator's offsets
+        for line in entities:
+            _, start, end, mention, kind = line.split("\t")
+            assert joined[int(start):int(end)] == mention and kind in ("Chemical", "Disease")
+    assert sum(len(b.split("\n")) - 2 for b in blocks) == len(lines)
+
+
+def test_one_document_per_line_and_formats_by_detection(tmp_path):
+    assert predict.detect_format("Aspirin caused fever.\nThe patient recovered.\n") == "text"
+    assert predict.detect_format("aspirin caused fever .\nthe patient recovered\n") == "tokens"
+    assert predict.detect_format("A first abstract.\n\nA second one\n") == "text"
+    assert predict.detect_format("aspirin\tB-Chemical\nfever\tS-Disease\n") == "iob"
+    assert text.read_documents("one.\ntwo.\n\n") == ["one.", "two."]
+    assert text.read_documents("Title\nAbstract.\n\nOther\n") == ["Title\nAbstract.", "Other"]
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"Aspirin caused fever.\nThe \xff patient.\n", ":2: not UTF-8"),
+    (b"\n\n  \n", "no documents (the file is empty)"),
+])
+def test_text_input_errors_are_one_line(runs, tmp_path, capsys, content, words):
+    path = tmp_path / "input.txt"
+    path.write_bytes(content)
+    assert predict.main([str(runs["lora"]), str(path), "--format", "text"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert f"{path}{words}" in captured.err or f"{path}: {words}" in captured.err, captured.err

@@ -78,3 +78,14 @@ def test_per_type_counts_sum_to_the_sentence_counts():
     by_type = scoring.type_counts(gold, predicted)
     assert list(by_type) == sorted(by_type) and set(by_type) <= {t[2:] for t in TAGS[1:]}
     assert (sum(by_type.values()) == scoring.sentence_counts(gold, predicted).sum(0)).all()
+
+
+@pytest.mark.parametrize("tag", ["U-A", "L-A", "X", "E-B", "S-A", "B-"])
+def test_tags_outside_bio_are_refused_naming_the_sentence_and_the_tag(tag):
+    gold = [["O", "B-A"], ["B-A", "I-A", "O"]]
+    predicted = [["O", "B-A"], ["B-A", tag, "O"]]
+    for score in (scoring.score, scoring.sentence_counts, scoring.type_counts):
+        with pytest.raises(ValueError, match=f"sentence 1: predicted tag '{tag}' is not BIO"):
+            score(gold, predicted)
+    with pytest.raises(ValueError, match=f"sentence 1: gold tag '{tag}' is not BIO"):
+        scoring.score(predicted, gold)

@@ -104,3 +104,26 @@ def test_runs_on_different_test_sets_are_an_error():
         significance.paired_bootstrap(a, [])
     with pytest.raises(ValueError, match="resamples"):
         significance.paired_bootstrap(a, a, resamples=0)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_interval_excludes_zero_exactly_when_p_is_below_alpha(seed):
+    """One rule for both: near the boundary (25 of 1,000 replicates on one side, as the issue's
+    lora-r16-crf row had) interpolated percentiles disagreed with p."""
+    rng = np.random.default_rng(seed)
+    R = int(rng.choice([200, 999, 1000, 1001]))
+    on_the_other_side = int(rng.integers(0, 60))
+    replicates = np.concatenate([-rng.random(on_the_other_side), rng.random(R - on_the_other_side)])
+    if seed % 5 == 0:
+        replicates[:3] = 0.0  # ties at zero count on both sides
+    low, high, p = significance.interval_and_p(rng.permutation(replicates))
+    assert (low > 0 or high < 0) == (p < significance.ALPHA), (R, on_the_other_side, low, p)
+    assert low <= high
+
+
+def test_the_issues_boundary_case():
+    replicates = np.concatenate([-np.ones(25), np.ones(975)])  # 2.5% at or below zero
+    low, _, p = significance.interval_and_p(replicates)
+    assert p == 0.05 and low < 0  # not significant, and the interval says the same
+    low, _, p = significance.interval_and_p(np.concatenate([-np.ones(24), np.ones(976)]))
+    assert p == 0.048 and low > 0

@@ -20,6 +20,8 @@ from conftest import save_tiny_encoder, write_corpus
 
 import compare
 import config
+import config_check
+import preflight
 import sweep
 
 ROOT = Path(compare.__file__).parent
@@ -42,8 +44,8 @@ def f1s(rows: list[dict]) -> dict[str, str]:
 
 
 def planned(path) -> list[sweep.Run]:
-    configs = config.experiment_configs(path)
-    _, paths = compare.check_inputs(configs)
+    configs = config_check.experiment_configs(path)
+    _, paths = preflight.check_inputs(configs)
     return sweep.plan(configs, lambda cfg: paths[cfg.dataset, cfg.data_dir])
 
 
@@ -115,13 +117,13 @@ def test_changing_a_fusion_source_trains_it_and_the_fusion_only(tmp_path, tiny_e
 # ------------------------------------------------------------------ failures
 
 
-def crashing_child(cfg_values, fingerprint, threads, log_path):
+def crashing_child(cfg_values, fingerprint, inputs, threads, log_path):
     """A run body that dies without a word for experiment `dies`, else the real one."""
     if cfg_values["name"] == "dies":
         os._exit(1)
     if cfg_values["name"] == "segfaults":
         os.kill(os.getpid(), signal.SIGSEGV)
-    sweep.child(cfg_values, fingerprint, threads, log_path)
+    sweep.child(cfg_values, fingerprint, inputs, threads, log_path)
 
 
 def test_failed_runs_are_recorded_with_their_reason_and_the_sweep_goes_on(
@@ -192,11 +194,11 @@ def test_parallel_runs_match_serial_runs_and_lora_peaks_below_full(tmp_path, tin
         assert float(by_name["lora"]["peak_memory_mb"]) < float(by_name["full"]["peak_memory_mb"])
 
 
-def instant_child(cfg_values, fingerprint, threads, log_path):
+def instant_child(cfg_values, fingerprint, inputs, threads, log_path):
     """A run body that records success at once, after 2 s for experiment `slow`."""
     if cfg_values["name"] == "slow":
         time.sleep(2)
-    cfg = config.make_config(cfg_values, "test")
+    cfg = config_check.make_config(cfg_values, "test")
     sweep.write_record(sweep.Run(cfg, fingerprint), "ok")
     (sweep.run_dir(cfg) / "metrics.json").write_text("{}")
 
@@ -299,3 +301,142 @@ def test_corpus_that_is_not_utf8_names_file_and_line(tmp_path, tiny_encoder, cap
     assert compare.main([str(path)]) == 2
     error = capsys.readouterr().err.strip()
     assert f"{corpus / 'devel.tsv'}:3: not UTF-8" in error and len(error.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ results that know their code
+
+
+CODE_SWEEP = ("  - {name: full}\n  - {name: lora, method: lora, rank: 2}\n"
+              "  - {name: crf, method: lora, rank: 2, crf: true}\n"
+              "  - {name: aug, aug: {p: 0.5, copies: 0}}\n")
+
+
+@pytest.fixture
+def code_copy(tmp_path, monkeypatch) -> Path:
+    """The project's Python files copied aside, and the sweep's fingerprints taken from the
+    copy, so a test can edit "the code" without touching the checkout."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    for source in ROOT.glob("*.py"):
+        (folder / source.name).write_text(source.read_text())
+    monkeypatch.setattr(sweep, "ROOT", folder)
+    return folder
+
+
+def fingerprints(path) -> dict[str, str]:
+    return {r.cfg.name: r.fingerprint for r in planned(path)}
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_code_edits_retrain_the_runs_that_execute_that_code(tmp_path, tiny_encoder, tiny_corpus,
+                                                            code_copy):
+    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus, CODE_SWEEP)
+    before = fingerprints(path)
+    # comments, docstrings and formatting: nothing retrains
+    edit(code_copy / "crf.py", "NEG = -1e4  # score", "NEG = -1e4  # still the score")
+    edit(code_copy / "train.py", '"""Multiplier of the peak learning rate', '"""The factor of')
+    edit(code_copy / "lora.py", "return alpha / math.sqrt(rank) if rslora else alpha / rank",
+         "return (alpha / math.sqrt(rank)) if rslora else (alpha / rank)")
+    assert fingerprints(path) == before
+    # the CRF's code: the CRF run only
+    edit(code_copy / "crf.py", "NEG = -1e4  #", "NEG = -1e5  #")
+    after = fingerprints(path)
+    assert [n for n in before if after[n] != before[n]] == ["crf"]
+    # augmentation's code: the augmented run only; LoRA's: both LoRA runs
+    edit(code_copy / "augment.py", "rng.random() < p", "p > rng.random()")
+    edit(code_copy / "lora.py", "nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))",
+         "nn.init.kaiming_uniform_(self.lora_A, a=2.0)")
+    again = fingerprints(path)
+    assert sorted(n for n in after if again[n] != after[n]) == ["aug", "crf", "lora"]
+    # the loop's code: everything
+    edit(code_copy / "train.py", "return seed * 1_000_003 + epoch",
+         "return seed * 1_000_033 + epoch")
+    last = fingerprints(path)
+    assert all(last[n] != again[n] for n in last)
+
+
+def test_dry_run_says_why_a_run_is_stale(tmp_path, tiny_encoder, tiny_corpus, code_copy,
+                                         capsys):
+    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus, CODE_SWEEP)
+    assert compare.main([str(path)]) == 0
+    edit(code_copy / "crf.py", "NEG = -1e4  #", "NEG = -1e5  #")
+    capsys.readouterr()
+    assert compare.main([str(path), "--dry-run", "--rank=4"]) == 0
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip()
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert rows["full"] == "finished" and rows["aug"] == "finished"  # rank is not theirs
+    assert rows["lora"] == "stale (rank 2 -> 4)"
+    assert rows["crf"] == "stale (rank 2 -> 4; code of crf.py)"
+
+
+def test_option_keys_count_only_when_the_option_is_on(tmp_path, tiny_encoder, tiny_corpus):
+    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus, CODE_SWEEP)
+    before = fingerprints(path)
+    path.write_text(path.read_text().replace("repeats: 1", "repeats: 1\ncrf_lr: 0.5"))
+    after = fingerprints(path)
+    assert [n for n in before if after[n] != before[n]] == ["crf"]
+
+
+def test_a_key_at_its_neutral_value_stays_out_of_the_fingerprint(tmp_path, tiny_encoder,
+                                                                 tiny_corpus, monkeypatch):
+    """As if `dropout` were a new key whose 0.1 reproduces what runs did before it existed."""
+    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus, "  - {name: a}\n")
+    [run] = planned(path)
+    assert "dropout" in run.inputs["config"]
+    monkeypatch.setattr(sweep, "NEUTRAL_VALUES", {"dropout": 0.1})
+    [neutral] = planned(path)
+    assert "dropout" not in neutral.inputs["config"]
+    path.write_text(path.read_text().replace("repeats: 1", "repeats: 1\ndropout: 0.2"))
+    assert planned(path)[0].inputs["config"]["dropout"] == 0.2
+
+
+def test_a_standalone_run_removes_the_sweeps_record_of_its_folder(tmp_path, tiny_encoder,
+                                                                   tiny_corpus, capsys):
+    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus, "  - {name: a}\n")
+    assert compare.main([str(path)]) == 0
+    folder = tmp_path / "out" / "a" / "seed3"
+    assert (folder / "record.json").exists()
+    import train
+
+    assert train.main([str(path), "--epochs=2"]) == 0  # README's one-run command
+    assert not (folder / "record.json").exists()
+    capsys.readouterr()
+    assert compare.main([str(path), "--dry-run"]) == 0
+    assert "| new " in capsys.readouterr().out  # never "finished" with other weights
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_an_encoder_neither_cached_nor_reachable_is_one_line_before_anything_runs(
+        tmp_path, tiny_corpus, capsys, monkeypatch, offline):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    path = write_sweep(tmp_path, "dmis-lab/biobert-base-cased-v1.2", tiny_corpus,
+                       "  - {name: a}\n  - {name: b, method: lora}\n")
+    started = time.perf_counter()
+    assert compare.main([str(path)]) == 2
+    assert time.perf_counter() - started < 10
+    [line] = capsys.readouterr().err.strip().splitlines()  # once, though two experiments use it
+    assert "model 'dmis-lab/biobert-base-cased-v1.2' is not in the Hugging Face cache" in line
+    assert str(tmp_path / "empty-cache") in line and "model: /path/to/folder" in line
+    assert ("offline (HF_HUB_OFFLINE)" in line) == offline
+    assert ("(http://127.0.0.1:9) cannot be reached" in line) != offline
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_encoder_folder_without_weights_or_tokenizer_is_named(tmp_path, tiny_corpus, capsys):
+    folder = tmp_path / "half-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    path = write_sweep(tmp_path, folder, tiny_corpus, "  - {name: a}\n")
+    assert compare.main([str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"experiment 'a': model '{folder}': folder {folder} lacks weights "
+                     f"(*.safetensors or *.bin), a tokenizer (tokenizer.json or vocab.txt)")

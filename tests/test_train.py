@@ -14,8 +14,11 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import config
+import config_check
 import data
+import inference
 import lora
+import methods
 import model
 import train
 from files import run_dir
@@ -63,7 +66,7 @@ def test_no_weight_decay_on_biases_and_layer_norms(capsys):
 
 
 def test_param_groups_leave_frozen_weights_out():
-    cfg = config.make_config({"method": "lora", "rank": 2, "targets": ["query"]})
+    cfg = config_check.make_config({"method": "lora", "rank": 2, "targets": ["query"]})
     tagger = model.build_tagger(cfg, ["O", "B-X", "I-X"], make_tiny_bert())[0]
     groups = train.param_groups(tagger, cfg)
     assert [g["name"] for g in groups] == ["decayed (matrices)",
@@ -71,13 +74,13 @@ def test_param_groups_leave_frozen_weights_out():
     grouped = [p for g in groups for p in g["params"]]
     assert len(grouped) == len({id(p) for p in grouped})  # no tensor in two groups
     assert {id(p) for p in grouped} == {id(p) for p in tagger.parameters() if p.requires_grad}
-    assert groups[0]["lr"] == config.DEFAULT_LR["lora"]
+    assert groups[0]["lr"] == methods.METHODS["lora"].default_lr
 
 
 @pytest.mark.parametrize("amp", [None, torch.bfloat16])
 def test_mixed_precision_autocasts_only_when_asked(amp):
     x = torch.randn(4, 8)
-    with train.mixed_precision(torch.device("cpu"), amp):
+    with inference.mixed_precision(torch.device("cpu"), amp):
         y = x @ x.T
     assert y.dtype == (amp or torch.float32)
 
@@ -87,7 +90,7 @@ def test_batcher_pads_to_the_multiple_and_marks_continuing_windows():
                            sentence=0, first_word=0, continues=False),
                data.Window(input_ids=[2, 9, 3], word_starts=[1], tag_ids=[2], sentence=0,
                            first_word=2, continues=True)]
-    batch = train.Batcher(pad_id=0, max_length=16, multiple=8, device=torch.device("cpu"))(
+    batch = inference.Batcher(pad_id=0, max_length=16, multiple=8, device=torch.device("cpu"))(
         windows)
     assert batch["input_ids"].shape == (2, 8) and batch["word_mask"].shape == (2, 8)
     assert batch["attention_mask"].sum(1).tolist() == [4, 3]
@@ -102,7 +105,7 @@ def tiny_config(tmp_path, encoder, corpus, **overrides) -> config.Config:
     values = {"model": str(encoder), "dataset": str(corpus), "gpu": -1, "epochs": 2, "lr": 3e-3,
               "batch_size": 8, "output_dir": str(tmp_path / "out"), "warmup_ratio": 0.0,
               "dropout": 0.0, "lr_scheduler_type": "constant", "log_every": 2}
-    return config.make_config({**values, **overrides}, "test")
+    return config_check.make_config({**values, **overrides}, "test")
 
 
 def test_tiny_model_overfits_a_tiny_corpus(tmp_path, tiny_encoder):
@@ -230,10 +233,11 @@ def test_lora_checkpoint_reproduces_predictions_bit_for_bit(tmp_path, tiny_encod
     tagger = model.build_tagger(cfg, labels, encoder)[0]
     model.load_weights_file(tagger, run_dir(cfg) / "weights.safetensors")
     corpus = data.load_corpus(str(tiny_corpus))
-    windows = data.make_windows(data.tokenize_sentences(corpus.test, tokenizer, labels), 64,
-                                tokenizer.cls_token_id, tokenizer.sep_token_id)
-    batcher = train.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"))
-    metrics, predicted = train.evaluate(tagger, corpus.test, windows, labels, 16, batcher, None)
+    tokenized = data.tokenize_sentences(corpus.test, tokenizer, labels)
+    windows = data.make_windows(tokenized, 64, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    batcher = inference.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"))
+    metrics, predicted = train.evaluate(tagger, corpus.test, tokenized, windows, labels, 16,
+                                        batcher, None)
     lines = (run_dir(cfg) / "predictions.txt").read_text().strip().split("\n\n")
     assert [[line.split()[2] for line in block.splitlines()] for block in lines] == predicted
     assert metrics["f1"] == json.loads((run_dir(cfg) / "metrics.json").read_text()
@@ -335,14 +339,14 @@ def test_evaluation_is_deterministic_with_dropout(tmp_path, tiny_encoder, tiny_c
     corpus = data.load_corpus(str(tiny_corpus))
     windows = data.make_windows(data.tokenize_sentences(corpus.test, tokenizer, labels), 64,
                                 tokenizer.cls_token_id, tokenizer.sep_token_id)
-    batcher = train.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"))
+    batcher = inference.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"))
     batch = batcher(windows[:4])
     noisy = [tagger(batch["input_ids"], batch["attention_mask"], batch["word_index"])
              for _ in range(2)]
     assert not torch.equal(*noisy)  # dropout is really on in train mode
-    first = train.predict_windows(tagger, windows, 8, batcher, None)
+    first = inference.predict_windows(tagger, windows, 8, batcher, None)
     tagger.train()  # as the loop leaves it after an epoch
-    assert train.predict_windows(tagger, windows, 8, batcher, None) == first
+    assert inference.predict_windows(tagger, windows, 8, batcher, None) == first
 
 
 @pytest.mark.parametrize("max_grad_norm", [1e-3, 0.0])
@@ -385,3 +389,76 @@ def test_schedule_spans_every_epoch_of_augmented_windows(tmp_path, tiny_encoder)
     rates = [entry["lr"] for entry in log if "lr" in entry]
     assert len(rates) == metrics["steps"]
     assert rates[-1] == 0.0 and min(rates[:-1]) > 0.0
+
+
+def test_an_unknown_schedule_is_an_error_not_a_constant():
+    with pytest.raises(ValueError, match="lr_scheduler_type must be one of .*'step'"):
+        train.lr_factor(5, 100, 10, "step")
+
+
+def test_a_failed_run_closes_its_tracker_and_its_log(tmp_path, tiny_encoder, tiny_corpus,
+                                                     monkeypatch):
+    closed, logs = [], []
+
+    class Recorder:
+        def log(self, values, step):
+            pass
+
+        def summary(self, values):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(train.tracking, "open_tracker", lambda *args: Recorder())
+    real_run = train.run
+
+    def failing_run(cfg, out, tracker, log):
+        logs.append(log)
+        real_run(cfg, out, tracker, log)
+        raise RuntimeError("after training")
+
+    monkeypatch.setattr(train, "run", failing_run)
+    with pytest.raises(RuntimeError, match="after training"):
+        train.train(tiny_config(tmp_path, tiny_encoder, tiny_corpus, epochs=1))
+    assert closed == [True] and logs[0].closed
+    with pytest.raises(ValueError, match="match no nn.Linear"):  # a failure inside the run
+        train.train(tiny_config(tmp_path, tiny_encoder, tiny_corpus, method="lora",
+                                targets=["nope"]))
+    assert closed == [True, True]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_loss_that_stops_being_finite_stops_the_run_naming_step_epoch_and_last_loss(
+        tmp_path, tiny_encoder, tiny_corpus, monkeypatch, bad):
+    calls, finite = [], []
+    real_loss = model.Tagger.loss
+
+    def injected(self, *args):
+        loss = real_loss(self, *args)
+        calls.append(None)
+        if len(calls) == 7:  # the 2nd step of epoch 2 (5 steps an epoch)
+            return loss * bad
+        finite.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(model.Tagger, "loss", injected)
+    cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, epochs=3, log_every=1000)
+    with pytest.raises(train.DivergedError) as error:
+        train.train(cfg)
+    assert str(error.value).startswith(
+        f"training loss is not finite at step 7 (epoch 2); last finite loss "
+        f"{finite[5]:.4g} at step 6")
+    assert len(calls) == 10  # found at the epoch's end: no third epoch trained on it
+    assert not (run_dir(cfg) / "metrics.json").exists()
+
+
+def test_asking_for_cuda_without_it_is_said_once(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    configs = [config.Config(gpu=0), config.Config(gpu=0), config.Config(gpu=-1)]
+    notice = train.device_notice(configs)
+    assert notice == ("notice: gpu: 0 asks for CUDA, which this machine lacks: running on the "
+                      "CPU (gpu: -1 says so on purpose)")
+    assert train.device_notice([config.Config(gpu=-1)]) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.device_notice(configs) is None

@@ -1,4 +1,4 @@
-"""compare.py's table: grids chosen on devel, paired significance, --only, files, --help."""
+"""report.py's table: grids chosen on devel, paired significance, --only, files, --help."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from test_sweep import table, write_sweep
 
 import compare
 import config
+import config_check
+import report
 
 
 def test_sweep_writes_table_and_files_then_resumes(tmp_path, tiny_encoder, tiny_corpus, capsys):
@@ -65,9 +67,8 @@ def test_baseline_delta_is_zero_for_itself_and_paired_for_others(tmp_path, tiny_
 
 
 def test_grid_marks_the_best_devel_combination_and_never_uses_test(tmp_path):
-    configs = config.make_config({"name": "lora[lr=0.001]", "grid": {"lr": [1e-3, 2e-3]},
-                                  "lr": 1e-3}), \
-        config.make_config({"name": "lora[lr=0.002]", "grid": {"lr": [1e-3, 2e-3]}, "lr": 2e-3})
+    configs = [config_check.make_config({"name": f"lora[lr={lr}]", "grid": {"lr": [1e-3, 2e-3]},
+                                         "lr": lr}) for lr in (0.001, 0.002)]
 
     def run(name, devel, test):
         return {"name": name, "seed": 1, "test": {"f1": test, "precision": 0, "recall": 0,
@@ -80,9 +81,9 @@ def test_grid_marks_the_best_devel_combination_and_never_uses_test(tmp_path):
     finished = {"lora[lr=0.001]": [run("lora[lr=0.001]", 0.9, 0.1)],
                 "lora[lr=0.002]": [run("lora[lr=0.002]", 0.5, 0.95)]}
     settings = config.SweepSettings(baseline="nothing-finished")
-    rows = compare.summarise(list(configs), finished, {}, settings)
+    rows = report.summarise(list(configs), finished, {}, settings)
     assert [r["selected_on_devel"] for r in rows] == [True, False]
-    assert "lora[lr=0.001] *" in compare.ascii_table(rows)
+    assert "lora[lr=0.001] *" in report.ascii_table(rows)
 
 
 def test_terminal_table_stays_narrow_with_many_types():
@@ -93,8 +94,8 @@ def test_terminal_table_stays_narrow_with_many_types():
            "setup_seconds": 3, "train_seconds": 100, "tokens_per_second": 2000,
            "peak_memory_mb": 900, "peak_memory_measure": "cpu_peak_rss", "selected_on_devel": False,
            "delta_f1": 0.01, "delta_ci_low": -0.002, "delta_ci_high": 0.02, "p_value": 0.04,
-           "baseline": "full"}
-    text = compare.ascii_table([row])
+           "baseline": "full", "is_baseline": False, "pairs": 3}
+    text = report.ascii_table([row])
     main = text.split("\n\n")[0]
     assert max(len(line) for line in main.splitlines() if line.startswith(("|", "+"))) <= 150
     assert "Type15" in text and "Type15" not in main and "†" in main
@@ -108,11 +109,66 @@ def test_help_prints_every_key(capsys):
 
 
 def test_one_seed_std_shows_as_a_dash():
-    assert compare.mean_std([0.5]) == (0.5, None)
-    assert compare.mean_std([0.4, 0.6])[1] == pytest.approx(np.std([0.4, 0.6], ddof=1))
+    assert report.mean_std([0.5]) == (0.5, None)
+    assert report.mean_std([0.4, 0.6])[1] == pytest.approx(np.std([0.4, 0.6], ddof=1))
 
 
 def test_csv_has_the_protocol_columns():
-    header = next(csv.reader([compare.csv_table([]).strip()]))
+    header = next(csv.reader([report.csv_table([]).strip()]))
     assert {"devel_f1", "delta_f1", "delta_ci_low", "delta_ci_high", "p_value",
             "selected_on_devel"} <= set(header)
+
+
+# ------------------------------------------------------------------ cells that say what they mean
+
+
+def cell_row(**values) -> dict:
+    base = {"experiment": "x", "runs": 3, "is_baseline": False, "pairs": 3, "p_value": 0.0004,
+            "delta_f1": 0.02, "delta_ci_low": 0.01, "delta_ci_high": 0.03,
+            "selected_on_devel": False, "baseline": "full", "failed": []}
+    return {**base, **values}
+
+
+def test_the_baseline_row_says_baseline_and_small_p_values_are_bounds():
+    assert report._delta(cell_row(is_baseline=True)) == "baseline"
+    assert report._p(cell_row(is_baseline=True)) == "–"
+    assert report._p(cell_row()) == "<0.001"
+    assert report._p(cell_row(p_value=0.0312)) == "0.031"
+    assert report._delta(cell_row()) == "+0.0200 [+0.0100, +0.0300] †"
+    assert report._delta(cell_row(p_value=0.05, delta_ci_low=-0.001)).endswith("]")  # no †
+
+
+def test_a_one_seed_comparison_is_flagged_and_explained():
+    rows = [cell_row(experiment="full", is_baseline=True), cell_row(pairs=1)]
+    assert report._delta(rows[1]).endswith("† ¹")
+    notes = report.footnotes(rows)
+    assert any(note.startswith("¹ one seed a side") for note in notes)
+    assert not any(note.startswith("¹") for note in report.footnotes(rows[:1] + [cell_row()]))
+
+
+def test_only_takes_a_grids_name_and_an_unknown_name_lists_the_experiments(
+        tmp_path, tiny_encoder, tiny_corpus, capsys):
+    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus,
+                       "  - {name: a}\n  - {name: l, method: lora, grid: {lr: [1e-3, 2e-3]}}\n")
+    assert compare.main([str(path), "--dry-run", "--only=l"]) == 0
+    printed = capsys.readouterr().out
+    assert "l[lr=0.001]" in printed and "l[lr=0.002]" in printed and "| a " not in printed
+    assert compare.main([str(path), "--only=lora"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "unknown experiments ['lora']" in line and "a, l, l[lr=0.001], l[lr=0.002]" in line
+
+
+def test_each_config_writes_to_its_own_folder_and_a_sweep_refuses_anothers(
+        tmp_path, tiny_encoder, tiny_corpus, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = f"model: {tiny_encoder}\ndataset: {tiny_corpus}\ngpu: -1\nepochs: 1\nrepeats: 1\n"
+    (tmp_path / "first.yml").write_text(text + "experiments:\n  - {name: a}\n")
+    (tmp_path / "second.yml").write_text(text + "experiments:\n  - {name: a, lr: 2e-3}\n")
+    [cfg] = config_check.experiment_configs(tmp_path / "first.yml")
+    assert cfg.output_dir == "outputs/first"  # a config that names no folder gets its own
+    assert compare.main([str(tmp_path / "first.yml")]) == 0
+    assert compare.main([str(tmp_path / "second.yml"), "--output_dir=outputs/first"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "output_dir outputs/first holds the runs of another sweep" in line
+    assert str(tmp_path / "first.yml") in line
+    assert compare.main([str(tmp_path / "second.yml"), "--dry-run"]) == 0  # its own: fine

@@ -1,0 +1,364 @@
+"""Filling a Config from YAML files, grids and command lines, and checking it before anything
+trains.
+
+A config file's top-level keys are the defaults of every experiment; `experiments:` is a list of
+blocks that override them. A block may hold `grid: {key: [v1, v2, ...], ...}`, which expands it
+into one experiment per combination, named `<name>[key=v1,...]`. The keys themselves, their
+defaults and why, are config.py's; which method owns which key, and each method's default
+learning rate, are methods.py's.
+
+Checking collects every problem of every experiment before anything trains: each is one line
+naming `file:line` (or the command line), the experiment and the key, and what was expected.
+A key of another method's in a block (`rank` in a `method: full` block) is one of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import re
+import textwrap
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+import inject
+from config import CHOICES, SWEEP_KEYS, AugConfig, Config, ConfigError, SweepSettings
+from methods import KEY_OWNERS, METHODS
+
+# ---------------------------------------------------------------------------------------------
+# Types
+
+
+def coerce(value, kind, key: str):
+    """`value` as type `kind`, or a ConfigError naming the key. YAML reads `5e-5` as a string,
+    so numbers written that way are accepted for float keys."""
+    def fail():
+        name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+        raise ConfigError(f"key {key!r} expects {name}, found {value!r} ({type(value).__name__})")
+
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:  # Optional: the one type's own, more precise error
+            return coerce(value, alternatives[0], key)
+        for alternative in alternatives:
+            try:
+                return coerce(value, alternative, key)
+            except ConfigError:
+                continue
+        fail()
+    if origin is list:
+        if isinstance(value, str) and args[0] is str:  # `targets: all-linear`: a one-item list
+            value = [value]
+        if not isinstance(value, list):
+            fail()
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:  # grid: key -> list of values, each checked when the grid expands
+        if not isinstance(value, dict) or not all(isinstance(v, list) and v
+                                                  for v in value.values()):
+            fail()
+        return dict(value)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            fail()
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(kind)})
+        if unknown:
+            raise ConfigError(f"unknown key '{key}.{unknown[0]}'")
+        hints = typing.get_type_hints(kind)
+        return kind(**{k: coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
+    if kind is bool:
+        return value if isinstance(value, bool) else fail()
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail()
+    if kind is float:
+        if isinstance(value, bool):
+            fail()
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            fail()
+    if kind is str:
+        return value if isinstance(value, str) else fail()
+    raise AssertionError(f"unsupported config type {kind}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking one experiment
+
+
+def value_problems(cfg: Config) -> list[tuple[str, str]]:
+    """(key, what is wrong) for every out-of-range value of a typed config."""
+    problems = []
+
+    def need(ok: bool, key: str, expected: str):
+        if not ok:
+            problems.append((key, f"key {key!r} must be {expected}, found {getattr(cfg, key)!r}"))
+
+    for key, allowed in {"method": tuple(METHODS), **CHOICES}.items():
+        need(getattr(cfg, key) in allowed, key, f"one of {list(allowed)}")
+    for key in ("epochs", "batch_size", "eval_batch_size", "repeats", "log_every", "rank",
+                "fusion_dim", "reduction"):
+        need(getattr(cfg, key) >= 1, key, ">= 1")
+    for key in ("train_limit", "eval_limit", "pad_multiple", "warmup_steps", "fusion_rank"):
+        need(getattr(cfg, key) >= 0, key, ">= 0")
+    for key in ("lr", "crf_lr", "weight_decay", "max_grad_norm", "alpha", "lora_plus_ratio"):
+        need(getattr(cfg, key) >= 0, key, ">= 0")
+    for key in ("dropout", "lora_dropout", "warmup_ratio"):
+        need(0 <= getattr(cfg, key) < 1, key, "in [0, 1)")
+    need(cfg.max_length >= 8, "max_length", ">= 8")
+    need(bool(cfg.targets), "targets", "a non-empty list of linear names")
+    gpus = cfg.gpu if isinstance(cfg.gpu, list) else [cfg.gpu]
+    need(bool(gpus) and all(g >= -1 for g in gpus), "gpu", "-1, a device index or a list")
+    if cfg.aug is not None and not (0.0 <= cfg.aug.p <= 1.0 and cfg.aug.copies >= 0):
+        problems.append(("aug", f"aug needs 0 <= p <= 1 and copies >= 0, found {cfg.aug}"))
+    if KEY_OWNERS["adapters"] == cfg.method:  # a fusion: its sources, and a weight for each
+        need(bool(cfg.adapters), "adapters", "experiment names or run folders to fuse")
+        need(not cfg.fusion_weights or len(cfg.fusion_weights) == len(cfg.adapters),
+             "fusion_weights", f"one weight per adapter ({len(cfg.adapters)})")
+    if cfg.fp16 and cfg.precision == "bf16":
+        problems.append(("fp16", "fp16: true contradicts precision: bf16"))
+    return problems
+
+
+def make_config(values: dict, source: str = "config", where=None) -> Config:
+    """A checked Config from plain values. `source` names the experiment in errors;
+    `where(key)` says where a key's value was written (file:line), default `source`."""
+    where = where or (lambda key: None)
+    problems: list[tuple[str, str]] = []
+    if "fusion" in values:  # the key's name before it stopped sharing one with fusion.py
+        if "fusion_mode" in values:
+            problems.append(("fusion", "key 'fusion' is the old name of 'fusion_mode': keep one"))
+            values = {k: v for k, v in values.items() if k != "fusion"}
+        else:
+            print(f"{where('fusion') or source}: key 'fusion' is now 'fusion_mode'; read as such")
+            values = {("fusion_mode" if k == "fusion" else k): v for k, v in values.items()}
+    hints = typing.get_type_hints(Config)
+    typed = {}
+    for key, value in values.items():
+        if key not in hints:
+            problems.append((key, f"unknown key {key!r} (known: {', '.join(hints)})"))
+            continue
+        try:
+            typed[key] = coerce(value, hints[key], key)
+        except ConfigError as error:
+            problems.append((key, str(error)))
+    cfg = None
+    if not problems:
+        cfg = Config(**typed)
+        problems = value_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(": ".join(filter(None, (where(key), source, message)))
+                                    for key, message in problems))
+    if cfg.fp16:
+        cfg.precision = "fp16"
+    cfg.targets = inject.expand_targets(cfg.targets)  # the linears themselves, from here on
+    if cfg.lr == 0:
+        cfg.lr = METHODS[cfg.method].default_lr
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Files, grids and command lines
+
+
+def read_yaml(path: str | Path) -> tuple[dict, dict]:
+    """The file's values, and the line of every key: {key: line} at the top level and
+    {("experiments", i, key): line} inside the blocks."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        values = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config ({error.strerror})") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason})") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{at}: not valid YAML: {getattr(error, 'problem', error)}") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    lines = {}
+    for key_node, value_node in root.value:
+        lines[key_node.value] = key_node.start_mark.line + 1
+        if key_node.value == "experiments" and isinstance(value_node, yaml.SequenceNode):
+            for i, block in enumerate(value_node.value):
+                if isinstance(block, yaml.MappingNode):
+                    for k, _ in block.value:
+                        lines[("experiments", i, k.value)] = k.start_mark.line + 1
+    return values, lines
+
+
+def grid_name(name: str, point: dict) -> str:
+    """`lora[lr=0.001,rank=8]`: the experiment name of one grid combination."""
+    return f"{name}[{','.join(f'{k}={v}' for k, v in point.items())}]"
+
+
+def expand_grid(block: dict) -> list[dict]:
+    """One block per combination of the block's `grid:` values (itself if it has none).
+    Values are typed first, so a grid over `lr: [5e-4, 1e-3]` names `lr=0.0005`."""
+    grid = block.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError("key 'grid' expects a mapping of key: [values, ...]")
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(set(grid) - set(hints))
+    if unknown:
+        raise ConfigError(f"grid: unknown key {unknown[0]!r}")
+    if {"grid", "name"} & set(grid):
+        raise ConfigError("grid: cannot vary 'name' or 'grid'")
+    typed = {k: [coerce(v, hints[k], f"grid.{k}") for v in values] for k, values in grid.items()}
+    base = block.get("name", Config.name)
+    return [{**block, **dict(zip(typed, combo)), "grid": typed,
+             "name": grid_name(base, dict(zip(typed, combo)))}
+            for combo in itertools.product(*typed.values())] if grid else [block]
+
+
+def experiment_configs(path: str | Path, overrides: dict | None = None) -> list[Config]:
+    """One Config per experiment of the file (grids expanded); its top-level keys are their
+    defaults, and command-line overrides win over both. A file without `experiments:` is a
+    single experiment. Every problem of every experiment is reported together."""
+    values, lines = read_yaml(path)
+    for key in SWEEP_KEYS:
+        values.pop(key, None)
+    blocks = values.pop("experiments", None) or [{}]
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise ConfigError(f"{path}:{lines.get('experiments', 1)}: 'experiments' must be a list "
+                          f"of mappings")
+    overrides = {k: v for k, v in (overrides or {}).items() if k not in SWEEP_KEYS}
+    if "output_dir" not in values and "output_dir" not in overrides:
+        values["output_dir"] = str(Path("outputs") / Path(path).stem)  # each config its own
+    configs, problems = [], []
+    for i, block in enumerate(blocks):
+        label = f"experiments[{i}]" + (f" ({block['name']})" if "name" in block else "")
+
+        def where(key, i=i, block=block):
+            if key in overrides:
+                return f"command line --{key}"
+            if key not in block and key not in values:  # a grid's key: the grid's line
+                key = "grid"
+            line = lines.get(("experiments", i, key)) if key in block else lines.get(key)
+            return f"{path}:{line}" if line else str(path)
+
+        try:
+            expanded = expand_grid({**values, **block, **overrides})
+        except ConfigError as error:
+            problems.append(f"{where('grid')}: {label}: {error}")
+            continue
+        for one in expanded:
+            source = f"{label} {one['name']}" if one.get("grid") else label
+            try:
+                cfg = make_config(one, source, where)
+            except ConfigError as error:
+                problems += str(error).splitlines()
+                continue
+            written = [*block, *(block.get("grid") or [])]  # this block's own keys
+            problems += [f"{where(key)}: {source}: {problem}"
+                         for key, problem in foreign_keys(cfg, written)]
+            configs.append(cfg)
+    names = [c.name for c in configs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        problems.append(f"{path}: experiment names must be unique, repeated: {duplicated}")
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))  # a shared key's problem once
+    return configs
+
+
+def foreign_keys(cfg: Config, written: list[str]) -> list[tuple[str, str]]:
+    """(key, why) for each key `written` in an experiment's own block that belongs to another
+    method than the experiment's: it would silently do nothing. Top-level keys and overrides
+    are defaults for whichever methods use them, so they are never foreign."""
+    problems = []
+    for key in dict.fromkeys(written):
+        owner = KEY_OWNERS.get(key)
+        if owner is not None and owner != cfg.method:
+            why = f"key {key!r} belongs to method {owner!r}, not {cfg.method!r} (this block's)"
+            problems.append((key, why))
+    return problems
+
+
+def sweep_settings(path: str | Path, overrides: dict | None = None) -> SweepSettings:
+    """The comparison's own keys from the file's top level (and the command line)."""
+    values, lines = read_yaml(path)
+    chosen = {k: v for k, v in {**values, **(overrides or {})}.items() if k in SWEEP_KEYS}
+    hints = typing.get_type_hints(SweepSettings)
+    typed = {}
+    for key, value in chosen.items():
+        try:
+            typed[key] = coerce(value, hints[key], key)
+        except ConfigError as error:
+            raise ConfigError(f"{path}:{lines.get(key, 1)}: {error}") from error
+    settings = SweepSettings(**typed)
+    if settings.bootstrap_resamples < 1:
+        raise ConfigError(f"{path}:{lines.get('bootstrap_resamples', 1)}: key "
+                          f"'bootstrap_resamples' must be >= 1")
+    return settings
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """`--key=value` pairs, values read as YAML (so --lr=1e-4, --targets=[query,value] work)."""
+    overrides = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"command line: expected --key=value, found {arg!r}")
+        key, value = arg[2:].split("=", 1)
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    return overrides
+
+
+# ---------------------------------------------------------------------------------------------
+# --help
+
+
+def config_help() -> str:
+    """Every key, its default and its why-comment, read from this file's `Config` source: the
+    comment lines just above a field and the comment beside it. `# ---` lines head a group."""
+    return "config keys (top level: defaults of every experiment; experiments: [blocks]):\n" + \
+        _keys_help(Config) + "\n\naug keys (aug: {p: 0.3, copies: 1}):\n" + \
+        _keys_help(AugConfig) + "\n\nsweep keys (top level only):\n" + \
+        _keys_help(SweepSettings) + "\n\nmethods (method: NAME; methods.py):\n" + _methods_help()
+
+
+def _methods_help() -> str:
+    lines = []
+    for method in METHODS.values():
+        keys = f"; its keys: {', '.join(method.keys)}" if method.keys else ""
+        lines.append(textwrap.fill(f"{method.name}: trains {method.trains}; default lr "
+                                   f"{method.default_lr:g}{keys}", width=100,
+                                   initial_indent="  ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def _keys_help(cls) -> str:
+    lines = inspect.getsource(cls).split(f"class {cls.__name__}:\n", 1)[1].splitlines()
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING
+                         else f.default_factory()) for f in dataclasses.fields(cls)}
+    text, above = [], []
+    for line in lines:
+        stripped = line.strip()
+        field = re.match(r"(\w+): [^=]+=", stripped)  # `key: type = default  # why`
+        if stripped.startswith("# ---"):
+            text.append(f"\n  {stripped[5:].strip()}")
+            above = []
+        elif stripped.startswith("#"):
+            above.append(stripped[1:].strip())
+        elif not field:  # a docstring or a blank line: the comments above were not a field's
+            above = []
+        else:
+            key = field.group(1)
+            beside = stripped.split("  # ", 1)[1] if "  # " in stripped else ""
+            why = " ".join(above + ([beside] if beside else []))
+            if key in CHOICES:
+                why += f" (one of: {', '.join(CHOICES[key])})"
+            if key == "method":
+                why += f" (one of: {', '.join(METHODS)})"
+            text.append(textwrap.fill(f"{key} (default {defaults[key]!r}): {why}", width=100,
+                                      initial_indent="  ", subsequent_indent="      "))
+            above = []
+    return "\n".join(text)

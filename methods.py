@@ -1,0 +1,237 @@
+"""The method table: every way of fine-tuning the encoder, declared once.
+
+Each `Method` says what a reader, the checker, the tagger, the sweep and the run files need to
+know: its name and own config keys, how it changes the encoder and what then trains, its default
+learning rate, what a run of it saves and exports, whether a fusion can take it as a source, and
+which source files its results depend on. Everything else asks this table: no caller tests a
+method's name.
+
+A method's own keys (`keys`) mean nothing to the other methods: set in another method's block
+they are an error, and only its own runs' fingerprints contain them. Top-level keys and
+command-line overrides are defaults for every method that uses them. The CRF head and
+entity-swap augmentation are not methods but options of any method (`crf: true`, `aug:`), with
+keys and files of their own (`OPTION_KEYS`, `code_files`).
+
+Adding a method: write its file (modules, `apply(encoder, cfg, sources) -> report`, a slow
+reference and tests), add its keys to `config.Config` if it has any, and add one entry below.
+The conformance suite (tests/test_methods.py) then runs it through every check. Adding an entry
+retrains nothing else: a run's fingerprint holds its own method's entry only (`computing`).
+
+Dimensions in the parameter formulas: H hidden, I feed-forward width, L layers, V vocabulary,
+P positions, r rank, N fusion sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import adapters
+import bitfit
+import fusion
+import ia3
+import inject
+import lora
+
+# The code every run's result depends on, whatever its method: the loop, the tagger, the
+# corpus pipeline (with its tagging schemes), inference and scoring. A change to any of their
+# code retrains everything.
+CORE_FILES = ("train.py", "model.py", "data.py", "schemes.py", "inference.py",
+              "scoring.py")
+# Keys of the options any method can take, which count only when their option is on.
+OPTION_KEYS = {"crf": ("crf_lr", "crf_constraints")}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of a BERT encoder that parameter formulas multiply."""
+    hidden: int  # H
+    intermediate: int  # I
+    layers: int  # L
+    vocab: int  # V
+    positions: int  # P
+    type_vocab: int  # token types (2 for BERT)
+
+    @classmethod
+    def of(cls, encoder_config) -> Sizes:
+        c = encoder_config
+        return cls(c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size,
+                   c.max_position_embeddings, c.type_vocab_size)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    trains: str  # what trains, in words (--help, README's method table)
+    default_lr: float  # the peak learning rate when a block gives none (`lr: 0`)
+    # how it changes the encoder, in place, freezing what stays frozen: apply(encoder, cfg,
+    # sources) -> a report merged into the run's metrics; None: nothing changes, all trains
+    apply: Callable | None
+    # names of the encoder parameters it trains, as a regular expression (searched)
+    trainable: str
+    # its trainable encoder parameters, as a formula of (cfg, Sizes, source configs)
+    count: Callable[..., int]
+    keys: tuple[str, ...] = ()  # config keys of its own
+    files: tuple[str, ...] = ()  # source files its results depend on, beyond CORE_FILES
+    # extra files a finished run writes: export(encoder, folder, base model path) -> None
+    export: Callable | None = None
+    export_folder: str = ""  # the folder in the run folder that `export` writes
+    # extra optimizer groups: groups(model, cfg) -> [{name, params, lr, weight_decay}]
+    optimizer_groups: Callable | None = None
+    source_kind: str | None = None  # what a run of it gives a fusion; None: cannot be a source
+    sources_key: str | None = None  # the key naming the runs it is built from (a fusion's)
+    # why its sources cannot be used, before anything trains: check_sources(cfg, [(source
+    # kind, source config values), ...]) -> problems
+    check_sources: Callable | None = None
+    identity_at_init: bool = True  # the tagger computes what the bare encoder does at step 0
+    # settings the conformance suite runs it with: every preset a reader may choose
+    variants: tuple[dict, ...] = ({},)
+
+
+def encoder_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """Every weight of a BERT encoder without pooler: embeddings (word, position, type,
+    LayerNorm), then per layer four attention linears, the feed-forward pair and two LayerNorms."""
+    H, I, L = sizes.hidden, sizes.intermediate, sizes.layers
+    embeddings = (sizes.vocab + sizes.positions + sizes.type_vocab) * H + 2 * H
+    layer = 4 * (H * H + H) + (H * I + I) + (I * H + H) + 2 * 2 * H
+    return embeddings + L * layer
+
+
+def lora_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """L x r (d_in + d_out) per targeted linear of a layer, plus d_out per linear for DoRA's
+    magnitudes."""
+    shapes = inject.targeted_shapes(cfg.targets, sizes.hidden, sizes.intermediate)
+    return sizes.layers * sum(cfg.rank * (d_in + d_out) + (d_out if cfg.dora else 0)
+                              for d_in, d_out in shapes)
+
+
+def adapter_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """L x (2 H m + m + H) per adapter position of a layer, m = H / reduction."""
+    H, m = sizes.hidden, adapters.adapter_width(sizes.hidden, cfg.reduction)
+    return sizes.layers * len(adapters.POSITIONS[cfg.adapter_kind]) * (2 * H * m + m + H)
+
+
+def ia3_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """L x (2 H + I): a key, a value and a feed-forward vector per layer."""
+    return sizes.layers * (2 * sizes.hidden + sizes.intermediate)
+
+
+def bitfit_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """L x (7 H + I) + H: per layer the query, key, value, attention output, two LayerNorm and
+    feed-forward output biases (H each) and the intermediate bias (I); the embeddings'
+    LayerNorm bias."""
+    return sizes.layers * (7 * sizes.hidden + sizes.intermediate) + sizes.hidden
+
+
+def fusion_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """Over the linears the sources adapt: merge learns N weights per linear (none when fixed);
+    attention learns a query (d_q x d) and a key (d_k x d) per linear, where d_q, d_k are a
+    LoRA linear's d_in, d_out, and H, H at a bottleneck adapter's position."""
+    if METHODS[sources[0]["method"]].source_kind == "adapter":
+        H = sizes.hidden
+        shapes = sizes.layers * len(adapters.POSITIONS[sources[0]["adapter_kind"]]) * [(H, H)]
+    else:
+        shapes = sizes.layers * inject.targeted_shapes(sources[0]["targets"], sizes.hidden,
+                                                       sizes.intermediate)
+    if cfg.fusion_mode == "attention":
+        return sum((d_in + d_out) * cfg.fusion_dim for d_in, d_out in shapes)
+    return 0 if cfg.fusion_weights else len(cfg.adapters) * len(shapes)
+
+
+METHODS = {method.name: method for method in (
+    Method(
+        name="full", trains="every encoder weight and the head",
+        # the devel choice of configs/study_cpu.yml (MiniLM, 1,000 BC5CDR sentences, 3 epochs)
+        default_lr=4e-4, apply=None, trainable=".", count=encoder_count),
+    Method(
+        name="lora", trains="low-rank adapters on the target linears, and the head",
+        # study_cpu.yml's devel choice: LoRA trains new weights from zero and wants ten times
+        # full fine-tuning's rate (at 5e-4 it was 0.48 test F1 below full fine-tuning, at 4e-3
+        # 0.15 below, and 8e-3 diverged)
+        default_lr=4e-3, apply=lora.apply, trainable=r"\.lora_(A|B|magnitude)$",
+        count=lora_count,
+        keys=("rank", "alpha", "lora_dropout", "targets", "rslora", "dora", "lora_plus_ratio"),
+        files=("lora.py", "inject.py"), export=lora.export_peft, export_folder="peft",
+        optimizer_groups=lora.optimizer_groups, source_kind="lora",
+        variants=({}, {"targets": ["all-linear"]}, {"dora": True},
+                  {"dora": True, "targets": ["all-linear"], "lora_dropout": 0.1},
+                  {"lora_plus_ratio": 16.0}, {"targets": ["query", "value"], "rslora": True})),
+    Method(
+        name="adapter", trains="bottleneck adapters after the attention and/or feed-forward "
+                               "blocks, and the head",
+        # the middle of configs/peft_cpu.yml's grid; the usual range is 1e-4 to 1e-3 (Houlsby
+        # et al.) for BERT-base at many steps, higher for few steps and small models
+        default_lr=1e-3, apply=adapters.apply, trainable=r"\.adapter\.(down|up)\.(weight|bias)$",
+        count=adapter_count, keys=("adapter_kind", "reduction"),
+        files=("adapters.py", "inject.py"), source_kind="adapter",
+        variants=({"adapter_kind": "pfeiffer"}, {"adapter_kind": "houlsby", "reduction": 8})),
+    Method(
+        name="ia3", trains="vectors rescaling keys, values and feed-forward activations, and "
+                           "the head",
+        # IA3's vectors move slowly from 1: its paper trains at 3e-3
+        default_lr=3e-3, apply=ia3.apply, trainable=r"\.ia3_scale$", count=ia3_count,
+        files=("ia3.py", "inject.py"), export=ia3.export_peft, export_folder="peft"),
+    Method(
+        name="bitfit", trains="every bias of the encoder (LayerNorm's too), and the head",
+        # Ben Zaken et al. search 1e-4 to 1e-3 for BERT-base
+        default_lr=1e-3, apply=bitfit.apply, trainable=r"\.bias$", count=bitfit_count,
+        files=("bitfit.py",)),
+    Method(
+        name="fusion", trains="the fusion's weights or attention over frozen source adapters, "
+                              "and a new head",
+        # not gridded: the rate its LoRA sources trained at in study_cpu.yml
+        default_lr=2e-3, apply=fusion.apply,
+        # a learned merge's weights, attention fusion's query and key (BERT's module names)
+        trainable=r"\.weights$|\.(query|key|value|dense)\.(query|key)\.weight$",
+        count=fusion_count,
+        keys=("adapters", "fusion_mode", "fusion_weights", "fusion_rank", "fusion_dim"),
+        files=("fusion.py", "lora.py", "inject.py"), sources_key="adapters",
+        check_sources=fusion.sources_problems,
+        identity_at_init=False,  # it starts from the base plus the average of its sources
+        variants=({"fusion_mode": "merge", "adapters": ["lora-a", "lora-b"]},
+                  {"fusion_mode": "attention", "adapters": ["lora-a", "lora-b"]},
+                  {"fusion_mode": "merge", "adapters": ["lora-a", "lora-b"],
+                   "fusion_weights": [0.5, 0.5]},
+                  {"fusion_mode": "attention", "adapters": ["adapter-a", "adapter-b"]})),
+)}
+
+# key -> the method that owns it
+KEY_OWNERS = {key: method.name for method in METHODS.values() for key in method.keys}
+
+
+def code_files(cfg) -> list[str]:
+    """The source files a run's result depends on: the core, its method's, and those of the
+    options it takes (the CRF head, entity-swap augmentation)."""
+    method = METHODS[cfg.method]
+    files = list(CORE_FILES) + list(method.files)
+    if cfg.crf:
+        files.append("crf.py")
+    if cfg.aug is not None:
+        files.append("augment.py")
+    return list(dict.fromkeys(files))
+
+
+def run_keys(cfg, all_keys: list[str]) -> list[str]:
+    """Of `all_keys` (the Config's), those that can change this run's result: the keys no
+    method owns, its own method's, and an option's keys only when the option is on."""
+    off = {key for option, keys in OPTION_KEYS.items() if not getattr(cfg, option)
+           for key in keys}
+    return [key for key in all_keys if KEY_OWNERS.get(key, cfg.method) == cfg.method
+            and key not in off]
+
+
+def sources_of(cfg) -> list[str]:
+    """The runs `cfg` is built from (a fusion's adapters): experiment names or run folders."""
+    key = METHODS[cfg.method].sources_key
+    return list(getattr(cfg, key)) if key else []
+
+
+def computing(name: str) -> dict:
+    """What in a method's entry decides what its runs compute: the functions it runs, by
+    qualified name, and its files (whose code sweep.py digests). Its default lr reaches a run's
+    fingerprint as the resolved `lr`; its words, formula and variants never change a result."""
+    method = METHODS[name]
+    functions = {"apply": method.apply, "optimizer_groups": method.optimizer_groups}
+    return {"files": list(method.files),
+            **{field: f"{f.__module__}.{f.__qualname__}" if f else None
+               for field, f in functions.items()}}

@@ -1,0 +1,149 @@
+"""Everything a sweep reads, checked before its first run: corpora, encoders, fusion sources,
+tracker packages.
+
+An encoder is resolved once per distinct `model:`, before anything is spawned: a package must be
+installed; a folder must hold a config, weights and a tokenizer; a hub id must be in the
+Hugging Face cache or fetchable now (one request for its config.json, at most 5 s).
+Offline or unreachable, the one line says where the cache is and how to give a local folder.
+
+Each problem is one line naming the experiment and what was wrong (a corpus line as
+`file:line`); compare.py and slurm.py print them together and stop with status 2 before
+anything trains or is written. The experiments' configs themselves are checked as they are read
+(config_check.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import tracking
+from config import Config, ConfigError
+from files import read_saved_run
+from methods import METHODS, sources_of
+
+
+def check_inputs(configs: list[Config]) -> tuple[list[str], dict]:
+    """Problems (one line each) with the corpora, encoders and fusion sources the sweep
+    needs, and each corpus's split paths by (dataset, data_dir)."""
+    import data
+
+    problems = fusion_problems(configs)
+    paths, encoders = {}, {}  # encoders: model -> the experiments that use it
+    for cfg in configs:
+        key = (cfg.dataset, cfg.data_dir)
+        if key not in paths:
+            try:
+                corpus = data.load_corpus(cfg.dataset, cfg.data_dir or None, cfg.train_limit,
+                                          cfg.eval_limit, cfg.allow_unseen_tags, cfg.tag_scheme)
+                paths[key] = corpus.paths
+            except (OSError, ValueError) as error:
+                paths[key] = None
+                problems.append(f"experiment {cfg.name!r}: {error}")
+        package = tracking.PACKAGES.get(cfg.tracker)
+        if package and importlib.util.find_spec(package) is None:
+            problems.append(f"experiment {cfg.name!r}: tracker: {cfg.tracker} needs the "
+                            f"{package!r} package (pip install {package})")
+        encoders.setdefault(cfg.model, []).append(cfg.name)
+    for model, names in encoders.items():  # one line per encoder, however many use it
+        problem = encoder_problem(model)
+        if problem:
+            users = f"experiment {names[0]!r}" if len(names) == 1 else \
+                f"experiments {', '.join(map(repr, names))}"
+            problems.append(f"{users}: {problem}")
+    return list(dict.fromkeys(problems)), paths
+
+
+def encoder_problem(name: str, timeout: float = 5.0) -> str | None:
+    """Why the encoder `name` cannot be loaded (module docstring), or None."""
+    from model import resolve_model
+
+    try:
+        folder = resolve_model(name)  # package:<module> must be installed
+    except ConfigError as error:
+        return str(error)
+    path = Path(folder).expanduser()
+    if path.is_dir() or folder.startswith((".", "/", "~")):
+        if not path.is_dir():
+            return f"model {name!r}: no such folder"
+        missing = [what for what, found in (
+            ("config.json", (path / "config.json").is_file()),
+            ("weights (*.safetensors or *.bin)",
+             any(path.glob("*.safetensors")) or any(path.glob("*.bin"))),
+            ("a tokenizer (tokenizer.json or vocab.txt)",
+             (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file()))
+            if not found]
+        return f"model {name!r}: folder {path} lacks {', '.join(missing)}" if missing else None
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = constants.HF_HUB_CACHE
+    if isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache), str):
+        return None
+    local = (f"download it once where there is network (hf download {name}), or give a local "
+             f"folder holding config.json, weights and a tokenizer as model: /path/to/folder")
+    if constants.HF_HUB_OFFLINE:
+        return (f"model {name!r} is not in the Hugging Face cache ({cache}) and the hub is "
+                f"offline (HF_HUB_OFFLINE); {local}")
+    # One request, no retries (huggingface_hub's own back off for ~20 s): can the run fetch it?
+    url = f"{constants.ENDPOINT}/{name}/resolve/main/config.json"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+    except urllib.error.HTTPError as error:  # the hub answered: no such (public) model
+        return f"model {name!r}: {url} answered HTTP {error.code} ({error.reason}); {local}"
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        return (f"model {name!r} is not in the Hugging Face cache ({cache}) and the hub "
+                f"({constants.ENDPOINT}) cannot be reached ({reason}); {local}")
+    return None
+
+
+def source_problem(source: Config, cfg: Config) -> str | None:
+    """Why the sweep experiment `source` cannot feed the experiment `cfg` built from it, or
+    None."""
+    if METHODS[source.method].source_kind is None:
+        return f"method {source.method!r} makes no adapter to fuse"
+    needed = set(range(cfg.seed, cfg.seed + cfg.repeats))
+    have = set(range(source.seed, source.seed + source.repeats))
+    if not needed <= have:
+        return f"it runs seeds {sorted(have)}, the fusion needs {sorted(needed)}"
+    return None
+
+
+def fusion_problems(configs: list[Config]) -> list[str]:
+    """Every fusion experiment's sources checked before anything trains: one line each."""
+    by_name = {c.name: c for c in configs}
+    problems = []
+    for cfg in configs:
+        method = METHODS[cfg.method]
+        if method.sources_key is None:
+            continue
+        sources = []  # (kind, config values) of each source that could be read
+        for name in sources_of(cfg):
+            if name in by_name:
+                problem = source_problem(by_name[name], cfg)
+                if problem:
+                    problems.append(f"experiment {cfg.name!r}: source {name!r}: {problem}")
+                else:
+                    source = by_name[name]
+                    sources.append((METHODS[source.method].source_kind,
+                                    dataclasses.asdict(source)))
+            elif Path(name).is_dir():
+                try:
+                    values = read_saved_run(Path(name)).config
+                    kind = METHODS[values.get("method", "")].source_kind
+                except (ValueError, KeyError) as error:
+                    problems.append(f"experiment {cfg.name!r}: source {name}: {error}")
+                    continue
+                sources.append((kind, values))
+            else:
+                problems.append(f"experiment {cfg.name!r}: adapter {name!r} is neither an "
+                                f"experiment of this sweep ({', '.join(by_name)}) nor a run "
+                                f"folder")
+        if sources and method.check_sources is not None:
+            problems += [f"experiment {cfg.name!r}: {problem}"
+                         for problem in method.check_sources(cfg, sources)]
+    return problems
+
