@@ -180,7 +180,12 @@ def main(argv: list[str]) -> int:
             report.write_summary(configs, runs, settings)
 
         sweep.claim_folder(Path(configs[0].output_dir), argv[0])
-        failed = sweep.execute(todo, parallel, on_finish)
+        try:
+            failed = sweep.execute(todo, parallel, on_finish)
+        except KeyboardInterrupt:  # the runs in flight are stopped and leave no record
+            print(f"\ninterrupted: the finished runs stay in {configs[0].output_dir}; the same "
+                  f"command trains the rest", file=sys.stderr)
+            return 130
         if bar:
             bar.close()
     else:

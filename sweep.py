@@ -270,6 +270,8 @@ def child(cfg_values: dict, run_fingerprint: str, inputs: dict, threads: int,
     run = Run(cfg, run_fingerprint, inputs)
     try:
         train.train(cfg)
+    except KeyboardInterrupt:  # Ctrl-C stops the sweep: the run did not end, so no record
+        os._exit(130)
     except BaseException as error:  # noqa: BLE001 - whatever it was, the record says so
         traceback.print_exc()
         reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]

@@ -171,6 +171,25 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_table(tmp_path, tiny_encode
     assert f1s(table(tmp_path)) == f1s(table(whole))
 
 
+def test_ctrl_c_stops_the_sweep_in_one_line_and_keeps_what_finished(tmp_path, tiny_encoder,
+                                                                     tiny_corpus):
+    experiments = "  - {name: a}\n  - {name: b, lr: 3e-3}\n"
+    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus, experiments)
+    process = subprocess.Popen([sys.executable, str(ROOT / "compare.py"), str(path)],
+                               cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "out"
+    deadline = time.time() + 120
+    while not (out / "b" / "seed3" / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"interrupted: the finished runs stay in {out}")
+    assert (out / "a" / "seed3" / "record.json").exists()
+    assert not (out / "b" / "seed3" / "record.json").exists()
+
+
 # ------------------------------------------------------------------ parallel, memory
 
 
