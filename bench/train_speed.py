@@ -13,7 +13,8 @@ second of training. The peer is what people write today:
 
 - full: `AutoModelForTokenClassification` + `DataCollatorForTokenClassification` + `Trainer`;
 - lora: the same wrapped by PEFT `get_peft_model` (task type TOKEN_CLS, same rank and targets;
-  `--dora`: `use_dora=True`; `--targets all-linear`: PEFT's own `"all-linear"`);
+  `--dora`: `use_dora=True`; `--targets all-linear`: every linear of the encoder's layers by
+  name, since PEFT's own `"all-linear"` also wraps the head that TOKEN_CLS must keep whole);
 - ia3: the same wrapped by PEFT `IA3Config`, with ours' modules: keys, values and the
   feed-forward output projection's input (`feedforward_modules`);
 - lora --crf: PEFT LoRA encoder, first-subword gathering and a pytorch-crf head, by `Trainer`.
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import config
+import config_check
 import data
 import train
 from model import resolve_model
@@ -58,7 +59,7 @@ def ours(args, output_dir: str) -> dict:
         values["crf"] = True
     if args.checkpointing:
         values["gradient_checkpointing"] = True
-    cfg = config.make_config(values, "bench")
+    cfg = config_check.make_config(values, "bench")
     metrics = train.train(cfg)
     return {"tokens_per_second": metrics["tokens_per_second"],
             "train_seconds": metrics["train_seconds"],
@@ -129,7 +130,11 @@ def peer(args, output_dir: str) -> dict:
         from peft import IA3Config, LoraConfig, get_peft_model
 
         if args.method == "lora":
-            targets = "all-linear" if args.targets == ["all-linear"] else args.targets
+            targets = args.targets
+            if targets == ["all-linear"]:  # PEFT's "all-linear" would also wrap the head, which
+                # TOKEN_CLS keeps in modules_to_save, and refuse: every linear of the layers
+                targets = [n for n, m in model.named_modules()
+                           if isinstance(m, nn.Linear) and ".layer." in n]
             adapter = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
                                  target_modules=targets, use_dora=args.dora,
                                  task_type=None if args.crf else "TOKEN_CLS")
