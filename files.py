@@ -25,6 +25,10 @@ from safetensors.torch import save_file
 
 RECORD = "record.json"  # the sweep's word on a run: fingerprint, status, reason
 METRICS = "metrics.json"  # the run's own last file: its presence says the run finished
+# A PEFT adapter folder, as `PeftModel.save_pretrained` writes it and `from_pretrained` reads it
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # of every tensor name: PEFT's wrapper around the model
 
 
 def run_dir(cfg) -> Path:
@@ -68,6 +72,15 @@ def save_weights_atomic(path: Path, state: dict[str, torch.Tensor], metadata: di
     save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(temporary),
               metadata={k: json.dumps(v) for k, v in metadata.items()})
     os.replace(temporary, path)
+
+
+def write_peft_folder(folder: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """A PEFT adapter folder: `config` as adapter_config.json, `tensors` (named without the
+    PEFT_PREFIX) as adapter_model.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    save_file({PEFT_PREFIX + name: t.detach().contiguous() for name, t in tensors.items()},
+              str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
 
 
 def read_json(path: Path) -> dict | None:

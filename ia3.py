@@ -23,15 +23,14 @@ Dimensions: B batch, T subword tokens, H hidden, I feed-forward width.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 import inject
+from files import write_peft_folder
 
 # Layer suffixes of the linears whose output (keys, values) or input (the feed-forward
 # activations, entering the feed-forward output projection) IA3 rescales.
@@ -86,20 +85,16 @@ def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: s
     layers = ia3_layers(model)
     if not layers:
         raise ValueError("model holds no IA3 layers; call inject_ia3 first")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {"peft_type": "IA3", "task_type": None,
               "base_model_name_or_path": base_model_name_or_path,
               "target_modules": list(layers),
               "feedforward_modules": [n for n, m in layers.items() if m.scale_input],
               "fan_in_fan_out": False, "init_ia3_weights": True, "inference_mode": True,
               "modules_to_save": None}
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     # PEFT keeps a feed-forward vector as (1, d_in) and the others as (d_out, 1)
-    tensors = {f"base_model.model.{name}.ia3_l": (m.ia3_scale[None, :] if m.scale_input
-                                                  else m.ia3_scale[:, None]).detach().contiguous()
+    tensors = {f"{name}.ia3_l": m.ia3_scale[None, :] if m.scale_input else m.ia3_scale[:, None]
                for name, m in layers.items()}
-    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    write_peft_folder(Path(folder), config, tensors)
 
 
 # ---------------------------------------------------------------------------------------------

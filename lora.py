@@ -41,16 +41,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 import inject
-from files import read_safetensors
+from files import PEFT_CONFIG, PEFT_PREFIX, PEFT_WEIGHTS, read_safetensors, write_peft_folder
 
 # Names of the PEFT folder files and the prefix PeftModel puts before a bare model's module names.
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
 
 # adapter_config.json fields whose other values change the forward or the base weights, with the
 # values reproduced here (PEFT's defaults). This covers peft 0.21's LoRA options as far as we know.
@@ -430,8 +426,6 @@ def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: s
     write `use_dora: true` and their magnitudes as `<module>.lora_magnitude_vector`.
     """
     config, layers = _lora_config(model), lora_layers(model)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     adapter_config = {
         "peft_type": "LORA",
         "task_type": None,
@@ -450,15 +444,13 @@ def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: s
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    (folder / PEFT_CONFIG).write_text(json.dumps(adapter_config, indent=2) + "\n")
     tensors = {}
     for name, layer in layers.items():
-        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach().contiguous()
-        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach().contiguous()
+        tensors[f"{name}.lora_A.weight"] = layer.lora_A
+        tensors[f"{name}.lora_B.weight"] = layer.lora_B
         if isinstance(layer, DoRALinear):
-            tensors[f"{PEFT_PREFIX}{name}.lora_magnitude_vector"] = \
-                layer.lora_magnitude.detach().contiguous()
-    save_file(tensors, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
+            tensors[f"{name}.lora_magnitude_vector"] = layer.lora_magnitude
+    write_peft_folder(Path(folder), adapter_config, tensors)
 
 
 def import_peft(model: nn.Module, folder: str | Path) -> list[str]:

@@ -15,9 +15,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from torch import nn
 
+from files import PEFT_WEIGHTS
 from inject import TARGET_PRESETS
 from lora import (
-    PEFT_WEIGHTS,
     DoRALinear,
     LoRALinear,
     adapter_factors,
