@@ -35,12 +35,11 @@ import torch
 from torch import Tensor, nn
 
 import inject
-from config import CHOICES
 
-KINDS = CHOICES["adapter_kind"]
 # Layer suffixes (inject.layer_suffix) of the projections each placement puts an adapter after.
 POSITIONS = {"pfeiffer": ("output.dense",),
              "houlsby": ("attention.output.dense", "output.dense")}
+KINDS = tuple(POSITIONS)  # the choices of `adapter_kind`
 
 
 class Bottleneck(nn.Module):

@@ -20,7 +20,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from data import Sentence, TokenizedSentence, mention_spans, tokenize_sentences
+from corpora.iob import Sentence
+from corpora.schemes import mention_spans
+from data import TokenizedSentence, tokenize_sentences
 
 
 def build_mention_bank(train: Sequence[Sentence]) -> dict[str, list[tuple[str, ...]]]:

@@ -3,12 +3,12 @@
     python compare.py configs/bc5cdr.yml [--parallel=N] [--only=A,B] [--shard=K/N]
                                          [--report] [--dry-run] [--debug] [--key=value ...]
 
-First everything is checked: every experiment's config (config_check.py), every corpus,
-encoder and fusion source the sweep reads (preflight.py). Any problem is one line (file:line or
-key, and what was expected), and the sweep stops with status 2 before anything trains. Then
-sweep.py runs what is not finished yet, each run in its own process, and report.py rebuilds the
-table from the runs' records after every run, so a crash loses no finished run and never shows
-a stale one.
+First everything is checked: every experiment's config (runs/config_files.py), every corpus,
+encoder and fusion source the sweep reads (comparison/preflight.py). Any problem is one line
+(file:line or key, and what was expected), and the sweep stops with status 2 before anything
+trains. Then comparison/sweep.py plans the runs, comparison/runner.py trains what is not finished
+yet, each run in its own process, and comparison/report.py rebuilds the table from the runs'
+records after every run, so a crash loses no finished run and never shows a stale one.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import config_check
-import preflight
-import report
-import sweep
+from comparison import preflight, report, runner, sweep
 from config import ConfigError
+from runs import config_files
+from runs.config_files import grid_groups
 
 USAGE = """usage: python compare.py CONFIG.yml [options] [--key=value ...]
 
@@ -69,15 +68,15 @@ def split_flags(argv: list[str]) -> tuple[dict, list[str]]:
 def prepare(argv: list[str]):
     """Everything checked and planned: (configs, settings, the runs to consider, flags)."""
     path, (flags, rest) = argv[0], split_flags(argv[1:])
-    overrides = config_check.parse_overrides(rest)
-    configs = config_check.experiment_configs(path, overrides)
-    settings = config_check.sweep_settings(path, overrides)
+    overrides = config_files.parse_overrides(rest)
+    configs = config_files.experiment_configs(path, overrides)
+    settings = config_files.sweep_settings(path, overrides)
     problems = []
     if len({c.output_dir for c in configs}) > 1:
         problems.append(f"{path}: output_dir must be the same for every experiment of a sweep")
     names = {c.name for c in configs}
     base = settings.baseline
-    if base and base not in names and base not in report.grid_groups(configs):
+    if base and base not in names and base not in grid_groups(configs):
         problems.append(f"{path}: baseline {base!r} is not an experiment of this sweep")
     try:
         parallel = int(flags.get("--parallel", 1))
@@ -97,7 +96,7 @@ def prepare(argv: list[str]):
                             f"{flags['--shard']!r}")
     only = None
     if "--only" in flags:  # experiment names, or a grid's name for all its combinations
-        groups = report.grid_groups(configs)
+        groups = grid_groups(configs)
         asked = flags["--only"].split(",")
         unknown = [name for name in asked if name not in names and name not in groups]
         if unknown:
@@ -136,7 +135,7 @@ def chosen_runs(runs: list[sweep.Run], only, shard) -> list[sweep.Run]:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("--"):
-        print(USAGE + "\n" + config_check.config_help())
+        print(USAGE + "\n" + config_files.config_help())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         configs, settings, runs, flags, parallel, shard, only = prepare(argv)
@@ -153,7 +152,7 @@ def main(argv: list[str]) -> int:
     mine = chosen_runs(runs, only, shard)
     statuses = {run.key: sweep.status(run) for run in mine}  # key -> (status, why stale)
     if flags.get("--dry-run"):
-        slots = sweep.device_slots(configs[0], parallel)
+        slots = runner.device_slots(configs[0], parallel)
         print(report.text_table(["experiment", "seed", "device", "status"], [
             [r.cfg.name, str(r.cfg.seed), "cpu" if slots[i % parallel] < 0 else
              f"cuda:{slots[i % parallel]}", dry_run_status(*statuses[r.key])]
@@ -181,7 +180,7 @@ def main(argv: list[str]) -> int:
 
         sweep.claim_folder(Path(configs[0].output_dir), argv[0])
         try:
-            failed = sweep.execute(todo, parallel, on_finish)
+            failed = runner.execute(todo, parallel, on_finish)
         except KeyboardInterrupt:  # the runs in flight are stopped and leave no record
             print(f"\ninterrupted: the finished runs stay in {configs[0].output_dir}; the same "
                   f"command trains the rest", file=sys.stderr)

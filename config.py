@@ -2,12 +2,14 @@
 
 A config file's top-level keys are the defaults of every experiment; `experiments:` is a list
 of blocks that override them. How files, grids and command lines fill a `Config`, and how it is
-checked, is config_check.py; which keys belong to which fine-tuning method is methods.py.
+checked, is runs/config_files.py; which keys belong to which fine-tuning method, and their
+choices, is methods.py.
 
 Every key of `Config` has a default and a why-comment (the comment lines above it and the one
 beside it): `--help` prints them from this file's source, so the two never disagree. A key of
-closed choices lists them once, in `CHOICES`, which the checker, `--help` and the code that
-acts on the key all read.
+closed choices lists them once: here in `CHOICES`, in the method table for a method's own keys,
+or in crf.py for `crf_algorithm`; the checker and `--help` read all three
+(runs/config_files.ALL_CHOICES), and the code that acts on a key reads the same list.
 """
 
 from __future__ import annotations
@@ -15,20 +17,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-# The allowed values of each string key with closed choices. `method` is not here: its choices
-# are the method table's names (methods.py).
+# The allowed values of each string key with closed choices that no method owns. A method's own
+# keys list theirs in the method table (methods.py), as `method` itself does with the table's
+# names; the CRF's algorithms are crf.py's.
 CHOICES = {
     "precision": ("fp32", "fp16", "bf16"),
     "lr_scheduler_type": ("linear", "cosine", "constant"),
     "tracker": ("none", "tensorboard", "wandb"),
-    "fusion_mode": ("merge", "attention"),
-    "adapter_kind": ("pfeiffer", "houlsby"),
     "tag_scheme": ("auto", "bio", "iob1", "iobes"),
 }
-# Keys that change where or how a run is watched, never what it computes: left out of a run's
-# fingerprint, so changing them retrains nothing.
-BOOKKEEPING_KEYS = ("repeats", "gpu", "log_every", "output_dir", "grid", "tracker",
-                    "tracker_project")
 
 
 @dataclass
@@ -69,8 +66,8 @@ class Config:
     precision: str = "fp32"
     fp16: bool = False  # shorthand for precision: fp16
     # CUDA device index, -1 for the CPU (used anyway when CUDA is absent), or a list of
-    # indices that compare.py --parallel spreads runs over
-    gpu: int | list[int] = 0
+    # indices that compare.py --parallel spreads runs over; read as a list (`gpu: 0` is [0])
+    gpu: list[int] = dataclasses.field(default_factory=lambda: [0])
     seed: int = 42  # seeds python, numpy and torch; runs use seed, seed+1, ... (repeats)
     repeats: int = 3  # runs per experiment in compare.py, each with its own seed
     # where runs and the sweep's table go, one folder per sweep; a config file that names
@@ -110,6 +107,10 @@ class Config:
     # learning rate barely moves its transitions (chosen on devel, README)
     crf_lr: float = 5e-2
     crf_constraints: bool = True  # forbid invalid BIO transitions in training and decoding
+    # how log Z and the best path are computed (crf.py): loop is the readable recursion, scaled
+    # the exp-space sum (CPU), scan the parallel tree (GPU); auto: scan on CUDA, else scaled
+    # for log Z and loop for decoding. All agree up to float rounding; the run log says which
+    crf_algorithm: str = "auto"
     # --- Fusion of adapters (method: fusion)
     # the adapters to fuse, all LoRA or all bottleneck: experiments of the same sweep (same
     # seed) or run folders

@@ -24,7 +24,10 @@ Three ways to compute log Z, held equal by tests:
 - "scan": the (K, K) matrices of consecutive words combined pairwise in a tree, as in
   pytorch-struct: O(log W) depth but O(B W K^3) work and memory. Fastest on a GPU, where the
   loop is bound by kernel launches. Decoding has a "loop" and a "scan" (max semiring) version.
-By default (algorithm=None) CUDA tensors use the scan, others "scaled" (log Z) and "loop" (decode).
+Which one runs is the CRF's `algorithm` (the config key `crf_algorithm`), or a call's own
+`algorithm` argument: "loop" runs the readable recursion for both; "scaled" sums in exp space and
+decodes by the loop (it is a way of summing, not of maximising); "scan" does both by the tree;
+"auto", the default, takes the scan for CUDA tensors and "scaled" / "loop" for others.
 
 Ties: both decoders return, of the best paths, the one whose tags read from the last word back
 are smallest, which is what the lowest tag index at every argmax gives (the last word's tag,
@@ -97,10 +100,14 @@ class CRF(nn.Module):
     persistent buffers, so a checkpoint reloads with the constraints it was trained with.
     """
 
-    def __init__(self, num_tags: int, allowed: tuple[Tensor, Tensor, Tensor] | None = None):
+    def __init__(self, num_tags: int, allowed: tuple[Tensor, Tensor, Tensor] | None = None,
+                 algorithm: str = "auto"):
         super().__init__()
         if num_tags < 1:
             raise ValueError(f"num_tags must be >= 1, got {num_tags}")
+        if algorithm not in ("auto", *ALGORITHMS):
+            raise ValueError(f"algorithm must be 'auto' or one of {ALGORITHMS}, got {algorithm!r}")
+        self.algorithm = algorithm
         K = self.num_tags = num_tags
         self.start = nn.Parameter(torch.empty(K).uniform_(-0.1, 0.1))  # (K,)
         self.end = nn.Parameter(torch.empty(K).uniform_(-0.1, 0.1))  # (K,)
@@ -121,9 +128,17 @@ class CRF(nn.Module):
         self.register_buffer("allowed_end", allowed[2].clone())  # (K,)
 
     @classmethod
-    def for_labels(cls, labels: Sequence[str], constrained: bool = True) -> CRF:
+    def for_labels(cls, labels: Sequence[str], constrained: bool = True,
+                   algorithm: str = "auto") -> CRF:
         """A CRF over BIO `labels` (tag id = index in `labels`), BIO-constrained if asked."""
-        return cls(len(labels), bio_constraints(labels) if constrained else None)
+        return cls(len(labels), bio_constraints(labels) if constrained else None, algorithm)
+
+    def algorithms(self, on_cuda: bool) -> tuple[str, str]:
+        """(log Z, best path): the algorithms this CRF runs when a call names none, on a CUDA
+        device or not (module docstring)."""
+        if self.algorithm == "auto":
+            return ("scan", "scan") if on_cuda else ("scaled", "loop")
+        return self.algorithm, "loop" if self.algorithm == "scaled" else self.algorithm
 
     # ---- public API ---------------------------------------------------------------------------
 
@@ -140,7 +155,7 @@ class CRF(nn.Module):
         """Negative log-likelihood of `tags` (B, W) under emissions (B, W, K), mask (B, W) bool.
 
         reduction: "mean" over the batch (not over words), "sum", or "none" for (B,).
-        algorithm: "loop", "scaled" or "scan" for log Z; None picks (module docstring).
+        algorithm: "loop", "scaled" or "scan" for log Z; None: the CRF's own (`algorithms`).
         check_values: check mask contents and tag range, at the cost of one host sync (on a
         GPU a stall of the pipeline); a caller that builds its masks itself can skip it.
         continues: (B,) bool, True for a window that continues a sentence (no start score or
@@ -152,6 +167,7 @@ class CRF(nn.Module):
             emissions = self._check(emissions, mask, tags, check_values, continues)
             emissions = _zero_padding(emissions, mask)
             scores = self._masked_scores(emissions, continues)
+            algorithm = algorithm or self.algorithms(emissions.is_cuda)[0]
             log_z = _log_partition(emissions, mask, scores, algorithm)  # (B,)
             nll = log_z - _path_score(emissions, tags, mask, scores)  # (B,)
         if reduction == "none":
@@ -169,6 +185,7 @@ class CRF(nn.Module):
         with _no_autocast(emissions):
             emissions = _zero_padding(self._check(emissions, mask, continues=continues), mask)
             scores = self._masked_scores(emissions, continues)
+            algorithm = algorithm or self.algorithms(emissions.is_cuda)[0]
             return _log_partition(emissions, mask, scores, algorithm)
 
     def score(
@@ -191,16 +208,17 @@ class CRF(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Viterbi: best paths (B, W) long, `pad_tag` at padded words, and their scores (B,).
 
-        algorithm: "loop" or "scan"; None picks the scan on CUDA. Runs without autograd.
+        algorithm: "loop" or "scan"; None: the CRF's own (`algorithms`). Runs without autograd.
         Ties go to the lowest tag index (module docstring). check_values, continues: as in `nll`.
         """
         if algorithm not in (None, "loop", "scan"):
             raise ValueError(f"decode algorithm must be 'loop', 'scan' or None, got {algorithm!r}")
+        algorithm = algorithm or self.algorithms(emissions.is_cuda)[1]
         with _no_autocast(emissions):
             emissions = self._check(emissions, mask, None, check_values, continues)
             start, trans, end = self._masked_scores(emissions, continues)
             first = start + emissions[:, 0]  # (B, K)
-            if algorithm == "scan" or (algorithm is None and emissions.is_cuda):
+            if algorithm == "scan":
                 best, path = _viterbi_scan(first, trans, end, emissions, mask)
             else:
                 best, path = _viterbi_loop(first, trans, end, emissions, mask)
@@ -269,13 +287,11 @@ class CRF(nn.Module):
 
 
 def _log_partition(
-    emissions: Tensor, mask: Tensor, scores: Scores, algorithm: str | None
+    emissions: Tensor, mask: Tensor, scores: Scores, algorithm: str
 ) -> Tensor:
-    """log Z (B,) by the chosen algorithm (None: the scan on CUDA, else "scaled")."""
-    if algorithm not in (None, *ALGORITHMS):
+    """log Z (B,) by `algorithm`: "loop", "scaled" or "scan"."""
+    if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS} or None, got {algorithm!r}")
-    if algorithm is None:
-        algorithm = "scan" if emissions.is_cuda else "scaled"
     start, trans, end = scores
     first = start + emissions[:, 0]  # (B, K)
     if algorithm == "scaled":

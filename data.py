@@ -1,12 +1,9 @@
-"""NER corpora: read IOB files, tokenise once, cut windows, and batch by length.
+"""A run's corpus, from sentences to model inputs: labels, tokens once, windows, length batches.
 
-The path from a corpus folder to model inputs:
+The path from a corpus to model inputs:
 
-1. `read_iob` parses `token<TAB>tag` lines (blank line between sentences) with errors that name
-   the file and line; a corpus in IOB1 or IOBES/BILOU is converted to BIO as it is read
-   (schemes.py), and the log says so. `find_corpus` locates `{train,devel,test}.tsv` in a data
-   directory, or downloads the known public corpora (and caches them) when no directory is
-   given.
+1. `load_corpus` reads the three splits (corpora/: a folder or a name in the data directory,
+   IOB files in any tagging scheme, handed on as BIO).
 2. `build_labels` fixes the label set from the whole training file: `O`, then `B-`/`I-` of
    every entity type, in sorted order, so it is the same whatever order the file lists mentions
    in, and whatever `train_limit` keeps. A type with very few mentions whose name is close to a
@@ -21,19 +18,14 @@ The path from a corpus folder to model inputs:
 5. `length_grouped_batches` + `collate` group windows of similar length (little padding) and pad
    each batch to a multiple of 16 on a GPU (fewer distinct shapes for its kernel caches).
 
-`mention_spans` reads the entity mentions out of BIO tags (augment.py swaps them).
-
 Dimensions: B batch, T subword tokens, W words.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import random
 import sys
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,168 +33,14 @@ from pathlib import Path
 
 import torch
 
-import schemes
+from corpora.iob import Sentence, read_iob
+from corpora.schemes import mention_spans
+from corpora.sources import find_corpus
 
-SPLITS = ("train", "devel", "test")
 PAD_TAG = -100  # tag id at padded word positions; cross-entropy ignores it
 
-# Public corpora known by name: folder of cambridgeltl/MTL-Bioinformatics-2016 on GitHub.
-KNOWN_CORPORA = {
-    "bc5cdr": "BC5CDR-IOB",
-    "bc5cdr_chem": "BC5CDR-chem-IOB",
-    "bc5cdr_disease": "BC5CDR-disease-IOB",
-    "ncbi_disease": "NCBI-disease-IOB",
-}
-SOURCE_URL = ("https://github.com/cambridgeltl/MTL-Bioinformatics-2016/raw/master/data/"
-              "{folder}/{split}.tsv")
-DATA_DIR_ENV = "NER_DATA_DIR"
-# Where downloaded corpora are kept: <cache>/ner-peft/corpora/<name>/<split>.tsv
-CACHE_ENV = "XDG_CACHE_HOME"
-
-
-@dataclass
-class Sentence:
-    tokens: list[str]
-    tags: list[str]
-
-
 # ---------------------------------------------------------------------------------------------
-# Reading and locating corpora
-
-
-def check_tag(tag: str) -> bool:
-    """True for `O`, `B-X` and `I-X` with a non-empty type X: a BIO tag."""
-    return tag == "O" or (len(tag) > 2 and tag[:2] in ("B-", "I-"))
-
-
-def read_iob(path: str | Path, tag_scheme: str = "auto") -> list[Sentence]:
-    """Sentences of an IOB file: `token<TAB>tag` (or space-separated; with extra middle columns
-    the first field is the token and the last the tag), a blank line between sentences.
-
-    Tags are read in `tag_scheme` (bio, iob1, iobes; auto: detected from the file, schemes.py)
-    and returned in BIO; a converted file is named on stderr."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    allowed = schemes.PREFIXES.get(tag_scheme, schemes.PREFIXES["iobes"])
-    sentences: list[Sentence] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    with path.open("rb") as lines:  # bytes, so that a decoding error can name its line
-        for number, raw in enumerate(lines, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{number}: not UTF-8 text ({error.reason} at byte "
-                                 f"{error.start} of the line)") from error
-            if not line.strip():
-                if tokens:
-                    sentences.append(Sentence(tokens, tags))
-                    tokens, tags = [], []
-                continue
-            fields = line.split("\t") if "\t" in line else line.split()
-            if len(fields) < 2:
-                raise ValueError(
-                    f"{path}:{number}: expected 'token<TAB>tag' (2 or more columns), "
-                    f"found {len(fields)} column: {line!r}"
-                )
-            token, tag = fields[0].strip(), fields[-1].strip()
-            if not token:
-                raise ValueError(f"{path}:{number}: empty token in {line!r}")
-            parsed = schemes.split_tag(tag)
-            if parsed is None or (parsed[0] != "O" and parsed[0] not in allowed):
-                raise ValueError(f"{path}:{number}: tag {tag!r} is not O, B-<type> or "
-                                 f"I-<type> (BIO, IOB1), nor E-/S-/U-/L-<type> (IOBES, BILOU)"
-                                 if tag_scheme == "auto" else
-                                 f"{path}:{number}: tag {tag!r} is not O or "
-                                 f"{'/'.join(allowed)}-<type> ({tag_scheme})")
-            tokens.append(token)
-            tags.append(tag)
-    if tokens:
-        sentences.append(Sentence(tokens, tags))
-    if not sentences:
-        raise ValueError(f"{path}: no sentences (empty split)")
-    scheme = schemes.detect([s.tags for s in sentences]) if tag_scheme == "auto" else tag_scheme
-    if scheme != "bio":
-        print(f"{path}: tags read as {scheme.upper()}, converted to BIO", file=sys.stderr)
-        sentences = [Sentence(s.tokens, schemes.to_bio(s.tags, scheme)) for s in sentences]
-    return sentences
-
-
-def corpus_folders(data_dir: Path) -> list[str]:
-    """The corpora in a data directory: its folders that hold the three splits."""
-    if not data_dir.is_dir():
-        return []
-    return sorted(p.name for p in data_dir.iterdir()
-                  if all((p / f"{split}.tsv").is_file() for split in SPLITS))
-
-
-def find_corpus(dataset: str, data_dir: str | None) -> dict[str, Path]:
-    """Paths of the three splits of `dataset`.
-
-    `dataset` is a folder holding `{train,devel,test}.tsv`, or a corpus name looked up as
-    `<data_dir>/<dataset>/` (data_dir from the config, else $NER_DATA_DIR). Without a data
-    directory, a known corpus is downloaded from its public source and cached.
-    """
-    folder = Path(dataset).expanduser()
-    if not folder.is_dir():
-        data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
-        if data_dir:
-            folder = Path(data_dir).expanduser() / dataset
-            if not folder.is_dir():
-                there = corpus_folders(Path(data_dir).expanduser())
-                raise FileNotFoundError(
-                    f"dataset {dataset!r}: no folder {folder} (data directory {data_dir!r} "
-                    f"from the config key 'data_dir' or ${DATA_DIR_ENV}; the corpora there: "
-                    f"{', '.join(there) or 'none'})"
-                )
-        elif dataset in KNOWN_CORPORA:
-            return download_corpus(dataset)
-        else:
-            raise FileNotFoundError(
-                f"dataset {dataset!r} is neither a folder nor a known corpus "
-                f"({', '.join(KNOWN_CORPORA)}), and no data directory is set"
-            )
-    paths = {split: folder / f"{split}.tsv" for split in SPLITS}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"dataset {dataset!r}: missing {', '.join(missing)}")
-    return paths
-
-
-def corpus_cache() -> Path:
-    """The folder downloaded corpora are kept in: $XDG_CACHE_HOME (or ~/.cache)/ner-peft."""
-    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache"
-    return Path(base) / "ner-peft" / "corpora"
-
-
-def download_corpus(dataset: str, timeout: float = 30.0) -> dict[str, Path]:
-    """A known corpus's three splits, downloaded once from its public source into
-    `corpus_cache()` (each file written whole, then renamed) and read from there after."""
-    folder = corpus_cache() / dataset
-    paths = {split: folder / f"{split}.tsv" for split in SPLITS}
-    for split, path in paths.items():
-        if path.is_file():
-            continue
-        url = SOURCE_URL.format(folder=KNOWN_CORPORA[dataset], split=split)
-        offline = (f"provide a folder <dir>/{dataset}/ holding train.tsv, devel.tsv and test.tsv "
-                   f"(two columns: token<TAB>tag) and set ${DATA_DIR_ENV}=<dir> or the config "
-                   f"key 'data_dir'")
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as error:  # the server answered: not the network
-            raise FileNotFoundError(f"dataset {dataset!r}: {url} answered HTTP {error.code} "
-                                    f"({error.reason}); or {offline}") from error
-        except (urllib.error.URLError, TimeoutError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise FileNotFoundError(f"dataset {dataset!r}: could not reach {url} ({reason}); "
-                                    f"without network, {offline}") from error
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-        partial.write_bytes(payload)
-        os.replace(partial, path)
-    return paths
+# The corpus of a run
 
 
 def build_labels(train: Sequence[Sentence]) -> list[str]:
@@ -421,25 +259,3 @@ def collate(windows: Sequence[Window], pad_id: int, max_length: int, multiple: i
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "word_index": word_index, "word_mask": word_mask, "tags": tags,
             "continues": continues}
-
-
-# ---------------------------------------------------------------------------------------------
-# Entities
-
-
-def mention_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
-    """(start, end, entity type) of every mention, end exclusive; an `I-X` that follows no `X`
-    starts a mention:
-
-        ["B-Chemical", "I-Chemical", "O", "I-Disease"] -> [(0, 2, "Chemical"), (3, 4, "Disease")]
-    """
-    spans = []
-    for i, tag in enumerate(tags):
-        if tag == "O":
-            continue
-        entity_type = tag[2:]
-        if tag.startswith("B-") or not spans or spans[-1][1] != i or spans[-1][2] != entity_type:
-            spans.append((i, i + 1, entity_type))
-        else:
-            spans[-1] = (spans[-1][0], i + 1, entity_type)
-    return spans

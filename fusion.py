@@ -55,10 +55,8 @@ from torch import Tensor, nn
 import adapters
 import inject
 import lora
-from config import CHOICES
-from files import SavedRun
 
-MODES = CHOICES["fusion_mode"]
+MODES = ("merge", "attention")  # the choices of `fusion_mode`
 
 
 @dataclass
@@ -66,7 +64,6 @@ class SourceAdapter:
     """One trained LoRA adapter: per wrapped linear, its factors A (r, d_in), B (d_out, r) and
     scale s, so that ΔW = s B A."""
     name: str
-    model: str
     factors: dict[str, tuple[Tensor, Tensor, float]]
 
 
@@ -75,51 +72,31 @@ class SourceBottlenecks:
     """One run's trained bottleneck adapters: per wrapped projection, the tensors of its
     adapter (`down.weight` (m, H), `down.bias`, `up.weight` (H, m), `up.bias`)."""
     name: str
-    model: str
     adapters: dict[str, dict[str, Tensor]]
 
-    @property
-    def factors(self) -> dict[str, dict[str, Tensor]]:  # the positions, as check_compatible reads
-        return self.adapters
 
-
-def load_source(source: SavedRun) -> SourceAdapter | SourceBottlenecks:
-    """The adapter a finished run trained (its config and the encoder's part of its trained
-    weights, as model.source_runs reads them), by what its weights hold: LoRA factors, scaled
-    as the run's config says, or bottleneck adapters."""
-    config = source.config
-    if config.get("dora"):
-        raise ValueError(f"fusion source {source.folder}: a DoRA adapter rescales its base "
-                         f"weight, so it has no ΔW to add; fuse plain LoRA adapters")
+def source_kind(source) -> str | None:
+    """What a finished run (`source.weights`: its trained encoder weights) gives a fusion:
+    "lora" (LoRA factors), "adapter" (bottleneck adapters) or None (nothing to fuse)."""
     try:
-        pairs = lora.adapter_factors(source.weights)
-        bottlenecks = adapters.adapter_weights(source.weights)
-    except ValueError as error:
+        if lora.adapter_factors(source.weights):
+            return "lora"
+        return "adapter" if adapters.adapter_weights(source.weights) else None
+    except ValueError as error:  # a factor without its partner, an adapter without a tensor
         raise ValueError(f"fusion source {source.folder}: weights.safetensors: {error}") from error
-    if pairs:
+
+
+def load_source(source) -> SourceAdapter | SourceBottlenecks:
+    """The adapter a finished run trained, from `source.config` (its resolved config) and
+    `source.weights` (the encoder's part of its trained weights, as model.source_runs reads
+    them): LoRA factors, scaled as the run's config says, or bottleneck adapters."""
+    config = source.config
+    if source_kind(source) == "lora":
         scale = lora.lora_scale(config["alpha"], config["rank"], config["rslora"])
-        factors = {module: (A, B, scale) for module, (A, B) in pairs.items()}
-        return SourceAdapter(config["name"], config["model"], factors)
-    if bottlenecks:
-        return SourceBottlenecks(config["name"], config["model"], bottlenecks)
-    raise ValueError(f"fusion source {source.folder}: weights.safetensors holds neither LoRA "
-                     f"factors nor bottleneck adapters")
-
-
-def check_compatible(sources: Sequence[SourceAdapter | SourceBottlenecks], model: str) -> None:
-    """Sources must be of one kind and adapt the same encoder at the same linears."""
-    for source in sources:
-        if source.model != model:
-            raise ValueError(f"fusion source {source.name!r} adapts {source.model!r}, but this "
-                             f"run's model is {model!r}")
-    first = sources[0]
-    for source in sources[1:]:
-        if type(source) is not type(first):
-            raise ValueError(f"fusion sources {first.name!r} and {source.name!r} are of "
-                             f"different kinds (LoRA and bottleneck adapters): fuse one kind")
-        if set(source.factors) != set(first.factors):
-            raise ValueError(f"fusion sources {first.name!r} and {source.name!r} adapt different "
-                             f"linears: {sorted(set(source.factors) ^ set(first.factors))[:4]}")
+        factors = {module: (A, B, scale)
+                   for module, (A, B) in lora.adapter_factors(source.weights).items()}
+        return SourceAdapter(config["name"], factors)
+    return SourceBottlenecks(config["name"], adapters.adapter_weights(source.weights))
 
 
 def mixing_weights(query: nn.Linear, key: nn.Linear, x: Tensor, deltas: Tensor) -> Tensor:
@@ -312,19 +289,28 @@ def fusion_layers(model: nn.Module) -> list[nn.Module]:
                                                           BottleneckFusionLinear))]
 
 
-def sources_problems(cfg, sources: Sequence[tuple[str, dict]]) -> list[str]:
-    """Why the sources (the kind of adapter each gives, "lora" or "adapter", and its resolved
-    config) cannot be fused by `cfg`, before anything trains: another encoder, kinds mixed,
-    `merge` over bottleneck adapters, DoRA, or other linears adapted."""
+def sources_problems(cfg, sources: Sequence[tuple[str | None, dict]]) -> list[str]:
+    """Why the sources cannot be fused by `cfg`, one line each, or []: the only check of a
+    fusion's sources, made before anything trains (on their configs) and again by `apply` (on
+    the runs it reads). `sources`: the kind of adapter each gives ("lora", "adapter", or None for
+    none) and its resolved config values.
+
+    Refused: a source that makes no adapter, another encoder, a DoRA adapter (it rescales its
+    base weight, so it has no ΔW to add), kinds mixed, `merge` over bottleneck adapters (they
+    change no weight), and sources that adapt different linears."""
     problems = []
-    for _, values in sources:
+    for kind, values in sources:
+        name = values.get("name")
+        if kind is None:
+            problems.append(f"source {name!r}: method {values.get('method')!r} makes no "
+                            f"adapter to fuse")
         if values.get("model") != cfg.model:
-            problems.append(f"source {values.get('name')!r}: model {values.get('model')!r} "
-                            f"differs from {cfg.model!r}")
+            problems.append(f"source {name!r}: model {values.get('model')!r} differs from "
+                            f"{cfg.model!r}")
         if values.get("dora"):
-            problems.append(f"source {values.get('name')!r} is a DoRA adapter, which rescales "
-                            f"its base weight and has no ΔW to fuse; fuse plain LoRA adapters")
-    kinds = sorted({kind for kind, _ in sources})
+            problems.append(f"source {name!r} is a DoRA adapter, which rescales its base weight "
+                            f"and has no ΔW to fuse; fuse plain LoRA adapters")
+    kinds = sorted({kind for kind, _ in sources if kind is not None})
     if len(kinds) > 1:
         problems.append(f"its sources mix kinds of adapters ({' and '.join(kinds)}): fuse "
                         f"LoRA adapters or bottleneck adapters, not both")
@@ -332,21 +318,22 @@ def sources_problems(cfg, sources: Sequence[tuple[str, dict]]) -> list[str]:
         problems.append("fusion_mode: merge adds the sources' ΔW, and a bottleneck adapter has "
                         "none (it is not a change of weights): use fusion_mode: attention")
     placements = {(tuple(values.get("targets", ())) if kind == "lora" else
-                   values.get("adapter_kind")) for kind, values in sources}
+                   values.get("adapter_kind")) for kind, values in sources if kind is not None}
     if len(kinds) == 1 and len(placements) > 1:
         problems.append(f"its sources adapt different linears: {sorted(placements, key=str)}")
     return problems
 
 
-def apply(encoder: nn.Module, cfg, sources: Sequence[SavedRun]) -> dict:
+def apply(encoder: nn.Module, cfg, sources: Sequence) -> dict:
     """`method: fusion`: the source runs' adapters fused as `cfg.fusion_mode` says, the encoder
-    frozen; fixed merge weights are folded into the base weights (no cost at inference)."""
+    frozen; fixed merge weights are folded into the base weights (no cost at inference).
+    `sources`: finished runs, each with `.folder`, `.config` and `.weights` (model.source_runs)."""
+    problems = sources_problems(cfg, [(source_kind(s), s.config) for s in sources])
+    if problems:
+        raise ValueError(f"fusion of {', '.join(str(s.folder) for s in sources)}: "
+                         f"{'; '.join(problems)}")
     loaded = [load_source(source) for source in sources]
-    check_compatible(loaded, cfg.model)
     if isinstance(loaded[0], SourceBottlenecks):
-        if cfg.fusion_mode != "attention":
-            raise ValueError("fusion of bottleneck adapters needs fusion_mode: attention (a "
-                             "bottleneck adapter has no ΔW to merge)")
         return fuse_bottlenecks(encoder, loaded, cfg.fusion_dim)
     report = fuse(encoder, loaded, cfg.fusion_mode, cfg.fusion_weights or None,
                   cfg.fusion_rank, cfg.fusion_dim)

@@ -12,7 +12,7 @@ Learning"). Three vectors per layer, each multiplied elementwise into an activat
 All start at 1, so the encoder is unchanged at step 0; per layer 2H + I parameters (13,824 for
 MiniLM's 6 layers, 55,296 for BERT-base). The vectors stay fp32 whatever the base dtype. This
 is PEFT's IA3 (`IA3Config` with `feedforward_modules` for the third), which the tests hold ours
-equal to, and `export_peft` writes PEFT's folder format. Note that PEFT's default targets for
+equal to; formats/peft.py writes PEFT's folder of it. Note that PEFT's default targets for
 BERT (`key`, `value`, `output.dense`) also rescale the attention output's input, since
 `output.dense` matches `attention.output.dense` too; here the three are the paper's.
 
@@ -30,7 +30,6 @@ import torch
 from torch import Tensor, nn
 
 import inject
-from files import write_peft_folder
 
 # Layer suffixes of the linears whose output (keys, values) or input (the feed-forward
 # activations, entering the feed-forward output projection) IA3 rescales.
@@ -77,24 +76,6 @@ def inject_ia3(model: nn.Module) -> list[str]:
 
 def ia3_layers(model: nn.Module) -> dict[str, IA3Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, IA3Linear)}
-
-
-def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: str) -> None:
-    """Write the vectors as PEFT's IA3 `save_pretrained` does: `PeftModel.from_pretrained(base,
-    folder)` then reproduces this model's outputs."""
-    layers = ia3_layers(model)
-    if not layers:
-        raise ValueError("model holds no IA3 layers; call inject_ia3 first")
-    config = {"peft_type": "IA3", "task_type": None,
-              "base_model_name_or_path": base_model_name_or_path,
-              "target_modules": list(layers),
-              "feedforward_modules": [n for n, m in layers.items() if m.scale_input],
-              "fan_in_fan_out": False, "init_ia3_weights": True, "inference_mode": True,
-              "modules_to_save": None}
-    # PEFT keeps a feed-forward vector as (1, d_in) and the others as (d_out, 1)
-    tensors = {f"{name}.ia3_l": m.ia3_scale[None, :] if m.scale_input else m.ia3_scale[:, None]
-               for name, m in layers.items()}
-    write_peft_folder(Path(folder), config, tensors)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,4 @@
-"""LoRA and DoRA on the nn.Linear layers of a frozen encoder: inject, merge, read back, PEFT
-interchange.
+"""LoRA and DoRA on the nn.Linear layers of a frozen encoder: inject, merge, read back.
 
 Implements low-rank adaptation (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language
 Models"): a frozen linear layer gains a trainable update `scale * B @ A` of rank r, with B = 0 at
@@ -22,10 +21,11 @@ Left out: LoRA on embeddings or convolutions, trainable biases, several adapters
 re-creates parameters). Which linears get adapters is inject.py's rule (names, suffixes, the
 presets `attention` and `all-linear`).
 
-Two formats hold an adapter. A run's `weights.safetensors` holds what the run trained by parameter
-name (`...query.lora_A`, `...query.lora_B`, with DoRA `...query.lora_magnitude`, the head);
-`adapter_factors` reads the factors back out of it. `export_peft` / `import_peft` write and read
-PEFT's LoRA folder format (DoRA included), without importing peft.
+A run's `weights.safetensors` holds what the run trained by parameter name (`...query.lora_A`,
+`...query.lora_B`, with DoRA `...query.lora_magnitude`, the head); `adapter_factors` reads the
+factors back out of it, and `load_factors` puts them into injected layers. PEFT's folder format,
+both ways, is formats/peft.py's; like loralib, this file needs nothing of the project but the
+choice of linears (inject.py).
 
 Dimensions: B batch, T subword tokens, H hidden, r rank, d_in / d_out the input / output width of
 a wrapped nn.Linear (H and H for BERT's attention projections).
@@ -33,9 +33,7 @@ a wrapped nn.Linear (H and H for BERT's attention projections).
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,31 +42,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import inject
-from files import PEFT_CONFIG, PEFT_PREFIX, PEFT_WEIGHTS, read_safetensors, write_peft_folder
-
-# Names of the PEFT folder files and the prefix PeftModel puts before a bare model's module names.
-
-# adapter_config.json fields whose other values change the forward or the base weights, with the
-# values reproduced here (PEFT's defaults). This covers peft 0.21's LoRA options as far as we know.
-_PEFT_SUPPORTED = {
-    "fan_in_fan_out": (False,),
-    "bias": ("none",),
-    "use_dora": (False, True),
-    "lora_bias": (False,),
-    "use_qalora": (False,),
-    "rank_pattern": ({}, None),
-    "alpha_pattern": ({}, None),
-    "layers_to_transform": (None, []),
-    "layers_pattern": (None, []),
-    "exclude_modules": (None, []),
-    "modules_to_save": (None, []),
-    "target_parameters": (None, []),
-    "trainable_token_indices": (None,),
-    "layer_replication": (None,),
-    "alora_invocation_tokens": (None,),
-    # PiSSA, OLoRA, LoftQ, CorDA, ... rewrite the base weights at init: the adapter needs that base.
-    "init_lora_weights": (True, False, "gaussian"),
-}
 
 
 def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
@@ -123,8 +96,8 @@ class LoRALinear(MergeableLinear):
     def __init__(
         self,
         base: nn.Linear,
-        rank: int = 16,
-        alpha: float = 32.0,
+        rank: int,
+        alpha: float,
         dropout: float = 0.0,
         rslora: bool = False,
     ) -> None:
@@ -194,8 +167,8 @@ class DoRALinear(LoRALinear):
     exact up to rounding.
     """
 
-    def __init__(self, base: nn.Linear, rank: int = 16, alpha: float = 32.0,
-                 dropout: float = 0.0, rslora: bool = False) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 rslora: bool = False) -> None:
         super().__init__(base, rank, alpha, dropout, rslora)
         with torch.no_grad():
             norms = torch.linalg.vector_norm(base.weight.float(), dim=1)  # (d_out,)
@@ -249,9 +222,9 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 def inject_lora(
     model: nn.Module,
-    targets: Sequence[str] = inject.TARGET_PRESETS["attention"],
-    rank: int = 16,
-    alpha: float = 32.0,
+    targets: Sequence[str],
+    rank: int,
+    alpha: float,
     dropout: float = 0.0,
     rslora: bool = False,
     dora: bool = False,
@@ -260,9 +233,9 @@ def inject_lora(
     freeze all but the adapters.
 
     Targets are names, dotted suffixes (PEFT's rule: `output.dense` matches both the attention's
-    and the feed-forward output) or the presets `attention` and `all-linear` (inject.py).
-    alpha = 32 is twice the default rank (the common alpha = 2r); like Hu et al. we keep alpha
-    fixed rather than re-tune it when r changes. Returns the wrapped module names in model order.
+    and the feed-forward output) or the presets `attention` and `all-linear` (inject.py). The
+    rank and alpha a run uses are its config's (config.py). Returns the wrapped module names in
+    model order.
     """
     wrapped = list(lora_layers(model))
     if wrapped:
@@ -402,112 +375,3 @@ def load_factors(model: nn.Module, factors: dict[str, tuple[Tensor, Tensor]],
             layers[name].lora_B.copy_(B)
         for name, m in magnitudes.items():
             layers[name].lora_magnitude.copy_(m)
-
-
-def _lora_config(model: nn.Module) -> dict:
-    """The rank, alpha, dropout, rslora and dora shared by all LoRA layers (inject_lora makes it
-    so)."""
-    layers = lora_layers(model)
-    if not layers:
-        raise ValueError("model holds no LoRA layers; call inject_lora first")
-    configs = {(m.rank, m.alpha, m.dropout_p, m.rslora, isinstance(m, DoRALinear))
-               for m in layers.values()}
-    if len(configs) > 1:
-        raise ValueError(f"LoRA layers differ in (rank, alpha, dropout, rslora, dora): {configs}")
-    rank, alpha, dropout, rslora, dora = configs.pop()
-    return {"rank": rank, "alpha": alpha, "dropout": dropout, "rslora": rslora, "dora": dora}
-
-
-def export_peft(model: nn.Module, folder: str | Path, base_model_name_or_path: str) -> None:
-    """Write `adapter_config.json` and `adapter_model.safetensors` as PEFT's save_pretrained does.
-
-    `PeftModel.from_pretrained(base, folder)` then reproduces this model's outputs. The targets
-    are the full module names, which PEFT's suffix rule matches exactly once each. DoRA layers
-    write `use_dora: true` and their magnitudes as `<module>.lora_magnitude_vector`.
-    """
-    config, layers = _lora_config(model), lora_layers(model)
-    adapter_config = {
-        "peft_type": "LORA",
-        "task_type": None,
-        "base_model_name_or_path": base_model_name_or_path,
-        "r": config["rank"],
-        "lora_alpha": config["alpha"],
-        "lora_dropout": config["dropout"],
-        "use_rslora": config["rslora"],
-        "target_modules": list(layers),
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "use_dora": config["dora"],
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "modules_to_save": None,
-        "rank_pattern": {},
-        "alpha_pattern": {},
-    }
-    tensors = {}
-    for name, layer in layers.items():
-        tensors[f"{name}.lora_A.weight"] = layer.lora_A
-        tensors[f"{name}.lora_B.weight"] = layer.lora_B
-        if isinstance(layer, DoRALinear):
-            tensors[f"{name}.lora_magnitude_vector"] = layer.lora_magnitude
-    write_peft_folder(Path(folder), adapter_config, tensors)
-
-
-def import_peft(model: nn.Module, folder: str | Path) -> list[str]:
-    """Inject and load a PEFT LoRA (or DoRA) adapter folder saved from a model like `model`.
-
-    Reads adapter_model.safetensors (not the older adapter_model.bin). Options this module cannot
-    reproduce are a ValueError naming the field. The keys must be PEFT's for the same bare model
-    (`base_model.model.<module>.lora_A.weight`). If the weights fail to load after injection, the
-    model is left injected: build a fresh one. Returns the wrapped module names.
-    """
-    config_path, weights_path = Path(folder) / PEFT_CONFIG, Path(folder) / PEFT_WEIGHTS
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path}: not valid JSON ({err})") from None
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{config_path}: peft_type is {config.get('peft_type')!r}, not 'LORA'")
-    for field, accepted in _PEFT_SUPPORTED.items():
-        if config.get(field, accepted[0]) not in accepted:
-            raise ValueError(
-                f"{config_path}: {field}={config[field]!r} is not supported (only {accepted})"
-            )
-    missing = [field for field in ("r", "lora_alpha", "target_modules") if field not in config]
-    if missing:
-        raise ValueError(f"{config_path}: missing field(s) {', '.join(missing)}")
-    if isinstance(config["target_modules"], str) or not config["target_modules"]:
-        raise ValueError(
-            f"{config_path}: target_modules={config['target_modules']!r}; only a non-empty list "
-            "of module names is supported (not a regex or 'all-linear')"
-        )
-    if not weights_path.is_file():
-        raise ValueError(f"{weights_path}: not found (adapter_model.bin is not read)")
-    tensors, _ = read_safetensors(weights_path)
-    state, magnitudes = {}, {}  # our key layout: <module>.lora_A, <module>.lora_B; module -> m
-    for key, value in tensors.items():
-        factor = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+\.lora_[AB])\.weight", key)
-        magnitude = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.lora_magnitude_vector", key)
-        if factor is None and magnitude is None:
-            raise ValueError(
-                f"{weights_path}: unexpected key {key}, expected {PEFT_PREFIX}"
-                "<module>.lora_A.weight, .lora_B.weight or .lora_magnitude_vector"
-            )
-        if factor is not None:
-            state[factor[1]] = value
-        else:
-            magnitudes[magnitude[1]] = value
-    names = inject_lora(
-        model,
-        config["target_modules"],
-        rank=config["r"],
-        alpha=config["lora_alpha"],
-        dropout=config.get("lora_dropout", 0.0),
-        rslora=config.get("use_rslora", False),
-        dora=config.get("use_dora", False),
-    )
-    try:
-        load_factors(model, adapter_factors(state), magnitudes)
-    except ValueError as err:
-        raise ValueError(f"{weights_path}: {err}") from None
-    return names

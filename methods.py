@@ -1,21 +1,20 @@
 """The method table: every way of fine-tuning the encoder, declared once.
 
 Each `Method` says what a reader, the checker, the tagger, the sweep and the run files need to
-know: its name and own config keys, how it changes the encoder and what then trains, its default
-learning rate, what a run of it saves and exports, whether a fusion can take it as a source, and
-which source files its results depend on. Everything else asks this table: no caller tests a
-method's name.
+know: its name, its own config keys and their choices, how it changes the encoder and what then
+trains, its default learning rate, what a run of it exports, and whether a fusion can take it
+as a source. Everything else asks this table: no caller tests a method's name.
 
 A method's own keys (`keys`) mean nothing to the other methods: set in another method's block
 they are an error, and only its own runs' fingerprints contain them. Top-level keys and
 command-line overrides are defaults for every method that uses them. The CRF head and
-entity-swap augmentation are not methods but options of any method (`crf: true`, `aug:`), with
-keys and files of their own (`OPTION_KEYS`, `code_files`).
+entity-swap augmentation are not methods but options of any method (`crf: true`, `aug:`).
 
 Adding a method: write its file (modules, `apply(encoder, cfg, sources) -> report`, a slow
 reference and tests), add its keys to `config.Config` if it has any, and add one entry below.
 The conformance suite (tests/test_methods.py) then runs it through every check. Adding an entry
-retrains nothing else: a run's fingerprint holds its own method's entry only (`computing`).
+retrains nothing else: a run's fingerprint holds the code of its own method's functions only
+(comparison/fingerprint.py finds the files from the functions).
 
 Dimensions in the parameter formulas: H hidden, I feed-forward width, L layers, V vocabulary,
 P positions, r rank, N fusion sources.
@@ -24,7 +23,7 @@ P positions, r rank, N fusion sources.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import adapters
 import bitfit
@@ -32,14 +31,7 @@ import fusion
 import ia3
 import inject
 import lora
-
-# The code every run's result depends on, whatever its method: the loop, the tagger, the
-# corpus pipeline (with its tagging schemes), inference and scoring. A change to any of their
-# code retrains everything.
-CORE_FILES = ("train.py", "model.py", "data.py", "schemes.py", "inference.py",
-              "scoring.py")
-# Keys of the options any method can take, which count only when their option is on.
-OPTION_KEYS = {"crf": ("crf_lr", "crf_constraints")}
+from formats import peft
 
 
 @dataclass(frozen=True)
@@ -72,8 +64,8 @@ class Method:
     # its trainable encoder parameters, as a formula of (cfg, Sizes, source configs)
     count: Callable[..., int]
     keys: tuple[str, ...] = ()  # config keys of its own
-    files: tuple[str, ...] = ()  # source files its results depend on, beyond CORE_FILES
-    # extra files a finished run writes: export(encoder, folder, base model path) -> None
+    choices: dict[str, tuple] = field(default_factory=dict)  # of its keys with closed choices
+    # extra files a finished run writes: export(encoder, base model path) -> {file name: bytes}
     export: Callable | None = None
     export_folder: str = ""  # the folder in the run folder that `export` writes
     # extra optimizer groups: groups(model, cfg) -> [{name, params, lr, weight_decay}]
@@ -151,7 +143,7 @@ METHODS = {method.name: method for method in (
         default_lr=4e-3, apply=lora.apply, trainable=r"\.lora_(A|B|magnitude)$",
         count=lora_count,
         keys=("rank", "alpha", "lora_dropout", "targets", "rslora", "dora", "lora_plus_ratio"),
-        files=("lora.py", "inject.py"), export=lora.export_peft, export_folder="peft",
+        export=peft.lora_files, export_folder="peft",
         optimizer_groups=lora.optimizer_groups, source_kind="lora",
         variants=({}, {"targets": ["all-linear"]}, {"dora": True},
                   {"dora": True, "targets": ["all-linear"], "lora_dropout": 0.1},
@@ -163,7 +155,7 @@ METHODS = {method.name: method for method in (
         # above its 1e-2); the usual 1e-4 to 1e-3 (Houlsby et al.) undertrains at 96 steps
         default_lr=1e-2, apply=adapters.apply, trainable=r"\.adapter\.(down|up)\.(weight|bias)$",
         count=adapter_count, keys=("adapter_kind", "reduction"),
-        files=("adapters.py", "inject.py"), source_kind="adapter",
+        choices={"adapter_kind": adapters.KINDS}, source_kind="adapter",
         variants=({"adapter_kind": "pfeiffer"}, {"adapter_kind": "houlsby", "reduction": 8})),
     Method(
         name="ia3", trains="vectors rescaling keys, values and feed-forward activations, and "
@@ -171,13 +163,12 @@ METHODS = {method.name: method for method in (
         # configs/peft_cpu.yml's devel choice: vectors that start at 1 move slowly, and at 96
         # steps want far more than its paper's 3e-3 (3e-1 was worse)
         default_lr=1e-1, apply=ia3.apply, trainable=r"\.ia3_scale$", count=ia3_count,
-        files=("ia3.py", "inject.py"), export=ia3.export_peft, export_folder="peft"),
+        export=peft.ia3_files, export_folder="peft"),
     Method(
         name="bitfit", trains="every bias of the encoder (LayerNorm's too), and the head",
         # configs/peft_cpu.yml's devel choice (Ben Zaken et al. search 1e-4 to 1e-3 for
         # BERT-base at many steps)
-        default_lr=1e-2, apply=bitfit.apply, trainable=r"\.bias$", count=bitfit_count,
-        files=("bitfit.py",)),
+        default_lr=1e-2, apply=bitfit.apply, trainable=r"\.bias$", count=bitfit_count),
     Method(
         name="fusion", trains="the fusion's weights or attention over frozen source adapters, "
                               "and a new head",
@@ -187,7 +178,7 @@ METHODS = {method.name: method for method in (
         trainable=r"\.weights$|\.(query|key|value|dense)\.(query|key)\.weight$",
         count=fusion_count,
         keys=("adapters", "fusion_mode", "fusion_weights", "fusion_rank", "fusion_dim"),
-        files=("fusion.py", "lora.py", "inject.py"), sources_key="adapters",
+        choices={"fusion_mode": fusion.MODES}, sources_key="adapters",
         check_sources=fusion.sources_problems,
         identity_at_init=False,  # it starts from the base plus the average of its sources
         variants=({"fusion_mode": "merge", "adapters": ["lora-a", "lora-b"]},
@@ -199,41 +190,12 @@ METHODS = {method.name: method for method in (
 
 # key -> the method that owns it
 KEY_OWNERS = {key: method.name for method in METHODS.values() for key in method.keys}
-
-
-def code_files(cfg) -> list[str]:
-    """The source files a run's result depends on: the core, its method's, and those of the
-    options it takes (the CRF head, entity-swap augmentation)."""
-    method = METHODS[cfg.method]
-    files = list(CORE_FILES) + list(method.files)
-    if cfg.crf:
-        files.append("crf.py")
-    if cfg.aug is not None:
-        files.append("augment.py")
-    return list(dict.fromkeys(files))
-
-
-def run_keys(cfg, all_keys: list[str]) -> list[str]:
-    """Of `all_keys` (the Config's), those that can change this run's result: the keys no
-    method owns, its own method's, and an option's keys only when the option is on."""
-    off = {key for option, keys in OPTION_KEYS.items() if not getattr(cfg, option)
-           for key in keys}
-    return [key for key in all_keys if KEY_OWNERS.get(key, cfg.method) == cfg.method
-            and key not in off]
+# key -> its closed choices, for the keys methods own (config.CHOICES has the others)
+METHOD_CHOICES = {key: values for method in METHODS.values()
+                  for key, values in method.choices.items()}
 
 
 def sources_of(cfg) -> list[str]:
     """The runs `cfg` is built from (a fusion's adapters): experiment names or run folders."""
     key = METHODS[cfg.method].sources_key
     return list(getattr(cfg, key)) if key else []
-
-
-def computing(name: str) -> dict:
-    """What in a method's entry decides what its runs compute: the functions it runs, by
-    qualified name, and its files (whose code sweep.py digests). Its default lr reaches a run's
-    fingerprint as the resolved `lr`; its words, formula and variants never change a result."""
-    method = METHODS[name]
-    functions = {"apply": method.apply, "optimizer_groups": method.optimizer_groups}
-    return {"files": list(method.files),
-            **{field: f"{f.__module__}.{f.__qualname__}" if f else None
-               for field, f in functions.items()}}

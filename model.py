@@ -22,8 +22,8 @@ from torch import nn
 
 from config import Config, ConfigError
 from crf import CRF
-from files import SavedRun, read_safetensors, read_saved_run
 from methods import METHODS
+from runs.folders import SavedRun, read_safetensors, read_saved_run
 
 # Where the tagger keeps its encoder, and so the prefix of the encoder's parameters in a run's
 # weights.safetensors.
@@ -113,7 +113,7 @@ def build_tagger(cfg: Config, labels: list[str], encoder: nn.Module,
         enable = getattr(encoder, "activation_checkpointing_enable", None) or \
             encoder.gradient_checkpointing_enable
         enable({"use_reentrant": False})
-    crf = CRF.for_labels(labels, constrained=cfg.crf_constraints) if cfg.crf else None
+    crf = CRF.for_labels(labels, cfg.crf_constraints, cfg.crf_algorithm) if cfg.crf else None
     return Tagger(encoder, len(labels), cfg.dropout, crf), report
 
 

@@ -11,7 +11,7 @@ INPUT is one of three formats (`--format`, detected when not given):
 
 - `text`: raw documents, one per line or separated by blank lines (a PubMed title and abstract
   on two lines of one document). Sentences and tokens are cut as the corpora cut them
-  (text.py), and the output is the entities with character offsets into each document: JSONL,
+  (corpora/text.py), and the output is the entities with character offsets into each document: JSONL,
   one `{"doc", "start", "end", "type", "text"}` per entity (`document[start:end] == text`), or
   PubTator (`--output-format pubtator`). `TrainedTagger.tag_text(str)` is the same from Python.
 - `tokens`: one sentence per line, tokens separated by whitespace; `token<TAB>tag` out.
@@ -37,14 +37,16 @@ import torch
 
 import config
 import data
-import schemes
-import scoring
-import text as text_tokens
-from config_check import make_config
-from files import METRICS, load_json, source_dirs, write_atomic
+from corpora import schemes
+from corpora import text as text_tokens
+from corpora.iob import Sentence, read_iob
+from corpora.schemes import mention_spans
 from inference import Batcher, autocast_dtype, predict_sentences
 from methods import sources_of
 from model import Tagger, build_tagger, load_encoder, load_weights_file
+from runs import scoring
+from runs.config_files import make_config
+from runs.folders import METRICS, load_json, source_dirs, write_atomic
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class TrainedTagger:
         if not kept:
             return result
         tokenizer, cfg = self.tokenizer, self.config
-        plain = [data.Sentence(list(sentences[i]), ["O"] * len(sentences[i])) for i in kept]
+        plain = [Sentence(list(sentences[i]), ["O"] * len(sentences[i])) for i in kept]
         tokenized = data.tokenize_sentences(plain, tokenizer, self.labels)
         windows = data.make_windows(tokenized, self.max_length, tokenizer.cls_token_id,
                                     tokenizer.sep_token_id)
@@ -94,7 +96,7 @@ class TrainedTagger:
 
     def tag_documents(self, documents: list[str]) -> list[list[Span]]:
         """The entities of every document, its sentences cut and tokenised as the corpora are
-        (text.py), all sentences tagged in one batched pass."""
+        (corpora/text.py), all sentences tagged in one batched pass."""
         sentences = [text_tokens.sentences(document) for document in documents]
         flat = [[token.text for token in tokens] for doc in sentences for tokens in doc]
         tags = iter(self.tag(flat))
@@ -102,7 +104,7 @@ class TrainedTagger:
         for document, doc_sentences in zip(documents, sentences):
             found = []
             for tokens in doc_sentences:
-                for first, end, kind in data.mention_spans(next(tags)):
+                for first, end, kind in mention_spans(next(tags)):
                     start, stop = tokens[first].start, tokens[end - 1].end
                     found.append(Span(start, stop, kind, document[start:stop]))
             spans.append(found)
@@ -197,7 +199,7 @@ def read_input(path: str | Path, kind: str = "auto"):
     content = read_text(path)
     kind = detect_format(content) if kind == "auto" else kind
     if kind == "iob":
-        sentences = data.read_iob(path)
+        sentences = read_iob(path)
         return kind, [s.tokens for s in sentences], [s.tags for s in sentences]
     if kind == "text":
         documents = text_tokens.read_documents(content)

@@ -3,7 +3,8 @@
 `train(cfg)` is the whole run and returns its metrics; `compare.py` runs it once per experiment
 and seed, each in a process of its own. The model lives in model.py and inference (batches,
 precision, windowed prediction) in inference.py; this file is the loop around them: optimiser
-groups and schedule, evaluation, measurements, the run's files.
+groups and schedule, evaluation, measurements, the run's files. `train_epoch` is one pass over
+the training windows, forward, loss and step: the place to edit for an ablation of training.
 
 Protocol: devel is scored after every epoch and the best devel epoch's weights are kept; test
 is scored once, with those weights, and never used to choose anything.
@@ -25,28 +26,17 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import data
-import fingerprint
-import schemes
-import scoring
-import tracking
 from augment import EntitySwapper
 from config import CHOICES, Config, ConfigError
-from config_check import config_help, experiment_configs, parse_overrides
-from files import (
-    METRICS,
-    run_dir,
-    save_weights_atomic,
-    source_dirs,
-    start_run,
-    write_atomic,
-    write_bytes_atomic,
-)
+from corpora.iob import Sentence
 from inference import Batcher, autocast_dtype, mixed_precision, predict_sentences
 from methods import METHODS, sources_of
 from model import (
@@ -58,6 +48,18 @@ from model import (
     load_trained_state,
     resolve_model,
     trained_state,
+)
+from runs import scoring, tracking
+from runs.config_files import config_help, experiment_configs, parse_overrides
+from runs.folders import (
+    METRICS,
+    run_dir,
+    save_weights_atomic,
+    source_dirs,
+    start_run,
+    write_atomic,
+    write_bytes_atomic,
+    write_folder_atomic,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(cfg: Config) -> torch.device:
-    gpu = cfg.gpu[0] if isinstance(cfg.gpu, list) else cfg.gpu  # a sweep assigns one of a list
+    gpu = cfg.gpu[0]  # a sweep gives each run one device of the list
     if gpu >= 0 and torch.cuda.is_available():
         if gpu >= torch.cuda.device_count():
             raise ConfigError(f"gpu: {gpu}, but only {torch.cuda.device_count()} CUDA "
@@ -128,8 +130,7 @@ def pick_device(cfg: Config) -> torch.device:
 def device_notice(configs: list[Config]) -> str | None:
     """One line when experiments ask for CUDA on a machine without it (they run on the CPU,
     which `gpu: -1` would say on purpose), else None."""
-    asked = sorted({str(c.gpu) for c in configs
-                    if (c.gpu if isinstance(c.gpu, list) else [c.gpu]) != [-1]})
+    asked = sorted({", ".join(map(str, c.gpu)) for c in configs if c.gpu != [-1]})
     if asked and not torch.cuda.is_available():
         return (f"notice: gpu: {', '.join(asked)} asks for CUDA, which this machine lacks: "
                 f"running on the CPU (gpu: -1 says so on purpose)")
@@ -140,7 +141,7 @@ def device_notice(configs: list[Config]) -> str | None:
 # Evaluation
 
 
-def evaluate(model: Tagger, split: list[data.Sentence], tokenized: list[data.TokenizedSentence],
+def evaluate(model: Tagger, split: list[Sentence], tokenized: list[data.TokenizedSentence],
              windows: list[data.Window], labels: list[str], batch_size: int, batcher: Batcher,
              amp: torch.dtype | None) -> tuple[dict, list]:
     """Scores on a split, and the predicted tag strings per sentence."""
@@ -156,26 +157,21 @@ def evaluate(model: Tagger, split: list[data.Sentence], tokenized: list[data.Tok
 # Data for one run
 
 
-def tokenized_splits(cfg: Config, corpus: data.Corpus, tokenizer) -> dict[str, list]:
-    """The three splits tokenised, from the sweep's cache when an earlier run did the same work
-    (same corpus files read in the same tag scheme, encoder, label set, limits, and the same
-    reading and tokenising code); else tokenised and cached."""
-    key = fingerprint.digest({
-        "code": [fingerprint.code_digest(Path(data.__file__)),
-                 fingerprint.code_digest(Path(schemes.__file__))],
-        "tag_scheme": cfg.tag_scheme,
-        "corpus": fingerprint.corpus_digest(corpus.paths),
-        "encoder": fingerprint.encoder_digest(cfg.model, resolve_model(cfg.model)),
-        "labels": corpus.labels, "train_limit": cfg.train_limit, "eval_limit": cfg.eval_limit})
-    path = Path(cfg.output_dir) / ".cache" / f"tokens-{key}.pickle"
-    try:
-        return pickle.loads(path.read_bytes())
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
-        pass  # absent or unreadable: tokenise again
+def tokenized_splits(corpus: data.Corpus, tokenizer, cache: Path | None = None
+                     ) -> dict[str, list]:
+    """The three splits tokenised; read from `cache` when an earlier run of the sweep wrote it
+    there, else tokenised (and written to `cache`). The caller names the cache file by what the
+    tokens depend on (comparison/fingerprint.py's token_cache_key), so the loop never has to."""
+    if cache is not None:
+        try:
+            return pickle.loads(cache.read_bytes())
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+            pass  # absent or unreadable: tokenise again
     splits = {"train": corpus.train, "devel": corpus.devel, "test": corpus.test}
     tokenized = {name: data.tokenize_sentences(sentences, tokenizer, corpus.labels)
                  for name, sentences in splits.items()}
-    write_bytes_atomic(path, pickle.dumps(tokenized))
+    if cache is not None:
+        write_bytes_atomic(cache, pickle.dumps(tokenized))
     return tokenized
 
 
@@ -200,12 +196,14 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
 
 class Progress:
     """Training progress: a tqdm bar per epoch on a terminal (step/total, loss, tokens/s, ETA),
-    else a plain line every `every` steps. Losses arrive only at logging steps (a host sync)."""
+    else a plain line whenever a loss arrives. Losses arrive only at logging steps (a host
+    sync)."""
 
-    def __init__(self, label: str, total_steps: int, every: int):
-        self.label, self.total, self.every = label, total_steps, every
+    def __init__(self, label: str, total_steps: int):
+        self.label, self.total = label, total_steps
         self.terminal = sys.stderr.isatty()
         self.started = time.perf_counter()
+        self.tokens = 0
         self.bar = None
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
@@ -216,8 +214,10 @@ class Progress:
                             unit="step", dynamic_ncols=True)
 
     def step(self, step: int, tokens: int, loss: float | None) -> None:
+        """After `step` (counted over all epochs), which trained on `tokens` real tokens."""
+        self.tokens += tokens
         elapsed = time.perf_counter() - self.started
-        rate = tokens / elapsed if elapsed > 0 else 0.0
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
         if self.bar is not None:
             self.bar.update(1)
             if loss is not None:
@@ -233,17 +233,50 @@ class Progress:
             self.bar = None
 
 
-# ---------------------------------------------------------------------------------------------
-# The run
-
-
 class DivergedError(RuntimeError):
     """The training loss became NaN or inf: the run stops instead of training on it."""
 
 
-def train(cfg: Config) -> dict:
+class LossGuard:
+    """Watches the training loss for NaN and inf without a host sync per step: the first bad
+    step and the last finite loss are kept on the device, and `check` (at the loop's logging
+    steps and each epoch's end, which sync anyway) raises DivergedError naming them.
+
+    The fp16 GradScaler already skips steps whose gradients overflow while the loss is finite;
+    a loss that is itself not finite is divergence (or emissions that overflowed), and training
+    on it would only spread NaN through the weights.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # step, -1: none
+        self.last_finite = torch.full((), float("nan"), device=device)
+        self.last_finite_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def watch(self, loss: torch.Tensor, step: int) -> None:
+        finite = torch.isfinite(loss.detach())
+        bad_now = ~finite & (self.first_bad < 0)
+        self.first_bad = torch.where(bad_now, step, self.first_bad)
+        keep = finite & (self.first_bad < 0)
+        self.last_finite = torch.where(keep, loss.detach().float(), self.last_finite)
+        self.last_finite_step = torch.where(keep, step, self.last_finite_step)
+
+    def check(self, epoch: int) -> None:
+        first_bad = int(self.first_bad)
+        if first_bad >= 0:
+            raise DivergedError(
+                f"training loss is not finite at step {first_bad + 1} (epoch {epoch + 1}); last "
+                f"finite loss {float(self.last_finite):.4g} at step "
+                f"{int(self.last_finite_step) + 1}: lower lr or use fp32/bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def train(cfg: Config, token_cache: Path | None = None) -> dict:
     """Train, keep the best devel epoch, score it on test once, write the run's files; the
-    metrics. The tracker and the log are closed however the run ends."""
+    metrics. `token_cache`: a file to read the tokenised corpus from, or to write it to (a
+    sweep's runs share one). The tracker and the log are closed however the run ends."""
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     start_run(out)  # a sweep's record of earlier weights must not survive this run
@@ -254,10 +287,70 @@ def train(cfg: Config) -> dict:
                                         out / "tracker")  # fails fast
         closing.callback(tracker.close)
         log = closing.enter_context((out / "log.jsonl").open("w", encoding="utf-8"))
-        return run(cfg, out, tracker, log)
+        return run(cfg, out, tracker, log, token_cache)
 
 
-def run(cfg: Config, out: Path, tracker, log) -> dict:
+@dataclass
+class Optimisation:
+    """One optimisation step per batch: backward (scaled for fp16), gradient clipping, AdamW and
+    the schedule."""
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # a no-op unless fp16
+    params: list[torch.nn.Parameter]  # the trainable ones, whose gradients are clipped
+    max_grad_norm: float  # 0: no clipping
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+        if self.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def train_epoch(model: Tagger, windows: list[data.Window], batches: list[list[int]],
+                batcher: Batcher, amp: torch.dtype | None, optimisation: Optimisation,
+                guard: LossGuard, progress: Progress, epoch: int, step: int, log_every: int,
+                on_log: Callable[[int, int, float], None]) -> tuple[float, int, int, int]:
+    """One pass over the training `windows`, one optimisation step per batch of indices in
+    `batches`: the forward under autocast, the loss, the step. `step` counts the steps of the
+    earlier epochs. Every `log_every` steps (the loop's only host sync) the loss is checked for
+    NaN and handed to `on_log(epoch, step, loss)`. Returns the epoch's mean loss, the step count
+    after it, and the real and padded tokens it trained on."""
+    model.train()
+    loss_sum = torch.zeros((), device=batcher.device)  # summed on the device: no sync per step
+    real_tokens = padded_tokens = 0
+    for indices in batches:
+        chunk = [windows[i] for i in indices]
+        batch = batcher(chunk)
+        with mixed_precision(batcher.device, amp):
+            emissions = model(batch["input_ids"], batch["attention_mask"],
+                              batch["word_index"])  # (B, W, K)
+            loss = model.loss(emissions, batch["tags"], batch["word_mask"],
+                              batch.get("continues"))
+        guard.watch(loss, step)
+        optimisation.step(loss)
+        loss_sum += loss.detach().float()
+        step += 1
+        tokens = sum(len(w.input_ids) for w in chunk)
+        real_tokens += tokens
+        padded_tokens += batch["input_ids"].numel()
+        logged = None
+        if step % log_every == 0:
+            guard.check(epoch)
+            logged = loss.item()
+            on_log(epoch, step, logged)
+        progress.step(step, tokens, logged)
+    if batcher.device.type == "cuda":
+        torch.cuda.synchronize(batcher.device)
+    guard.check(epoch)
+    return loss_sum.item() / len(batches), step, real_tokens, padded_tokens
+
+
+def run(cfg: Config, out: Path, tracker, log, token_cache: Path | None) -> dict:
     """The body of `train`: setup, the epochs, test, the files."""
     # Setup: corpus, encoder, windows, tagger
     started = time.perf_counter()
@@ -272,7 +365,7 @@ def run(cfg: Config, out: Path, tracker, log) -> dict:
     encoder, tokenizer = load_encoder(cfg.model)
     max_length = min(cfg.max_length, encoder.config.max_position_embeddings)
     specials = (tokenizer.cls_token_id, tokenizer.sep_token_id)
-    tokenized = tokenized_splits(cfg, corpus, tokenizer)
+    tokenized = tokenized_splits(corpus, tokenizer, token_cache)
     windows = {split: data.make_windows(tokenized[split], max_length, *specials)
                for split in ("devel", "test")}
     swapper = None
@@ -303,21 +396,32 @@ def run(cfg: Config, out: Path, tracker, log) -> dict:
     trainable, total = count_parameters(model)
     print(f"{label} {device}, {cfg.precision}, {cfg.method}, lr {cfg.lr:g}, trainable "
           f"parameters {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    if model.crf is not None:
+        log_z, best_path = model.crf.algorithms(device.type == "cuda")
+        print(f"{label} CRF (crf_algorithm: {cfg.crf_algorithm}): log Z by {log_z}, best path by "
+              f"{best_path}")
 
     steps_per_epoch = [math.ceil(len(w) / cfg.batch_size) for w in epoch_windows]
     total_steps = sum(steps_per_epoch)
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     # fused: one kernel over all parameters; on the CPU 10x faster than the per-tensor loop
     optimizer = torch.optim.AdamW(param_groups(model, cfg, verbose=True), fused=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler_type))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    trainable_params = [p for p in model.parameters() if p.requires_grad]
-    progress = Progress(label, total_steps, cfg.log_every)
+    optimisation = Optimisation(
+        optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.lr_scheduler_type)),
+        torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
+        [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+    progress = Progress(label, total_steps)
     guard = LossGuard(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup_seconds = time.perf_counter() - started
+
+    def log_loss(epoch: int, step: int, loss: float) -> None:
+        lr = optimisation.schedule.get_last_lr()[0]
+        log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n")
+        log.flush()
+        tracker.log({"loss": loss, "lr": lr}, step)
 
     # Training: an epoch of steps, then devel; the best devel epoch's weights are kept
     best = {"f1": -1.0}
@@ -328,58 +432,27 @@ def run(cfg: Config, out: Path, tracker, log) -> dict:
         lengths = [len(w.input_ids) for w in train_windows]
         batches = data.length_grouped_batches(lengths, cfg.batch_size,
                                               seed=epoch_seed(cfg.seed, epoch))
-        model.train()
         progress.start_epoch(epoch, cfg.epochs, len(batches))
-        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         epoch_started = time.perf_counter()
-        for indices in batches:
-            chunk = [train_windows[i] for i in indices]
-            batch = batcher(chunk)
-            with mixed_precision(device, amp):
-                emissions = model(batch["input_ids"], batch["attention_mask"],
-                                  batch["word_index"])  # (B, W, K)
-                loss = model.loss(emissions, batch["tags"], batch["word_mask"],
-                                  batch.get("continues"))
-            guard.watch(loss, step)
-            scaler.scale(loss).backward()
-            if cfg.max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable_params, cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach().float()
-            step += 1
-            real_tokens += sum(len(w.input_ids) for w in chunk)
-            padded_tokens += batch["input_ids"].numel()
-            logged = None
-            if step % cfg.log_every == 0:  # the only host sync of the step loop
-                guard.check(epoch)
-                logged = loss.item()
-                lr = schedule.get_last_lr()[0]
-                log.write(json.dumps({"step": step, "epoch": epoch, "loss": logged,
-                                      "lr": lr}) + "\n")
-                log.flush()
-                tracker.log({"loss": logged, "lr": lr}, step)
-            progress.step(step, real_tokens, logged)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        mean_loss, step, real, padded = train_epoch(
+            model, train_windows, batches, batcher, amp, optimisation, guard, progress, epoch,
+            step, cfg.log_every, log_loss)
         train_seconds += time.perf_counter() - epoch_started
         progress.end_epoch()
-        guard.check(epoch)
-        epoch_losses.append(loss_sum.item() / len(batches))
+        epoch_losses.append(mean_loss)
+        real_tokens += real
+        padded_tokens += padded
 
         devel, _ = evaluate(model, corpus.devel, tokenized["devel"], windows["devel"],
                             corpus.labels, cfg.eval_batch_size, batcher, amp)
         devel_seconds += devel["seconds"]
         devel_curve.append(devel["f1"])
-        log.write(json.dumps({"epoch": epoch, "step": step, "mean_loss": epoch_losses[-1],
+        log.write(json.dumps({"epoch": epoch, "step": step, "mean_loss": mean_loss,
                               "devel_f1": devel["f1"], "devel_precision": devel["precision"],
                               "devel_recall": devel["recall"]}) + "\n")
         log.flush()
-        tracker.log({"devel_f1": devel["f1"], "epoch_mean_loss": epoch_losses[-1]}, step)
-        print(f"{label} epoch {epoch + 1}/{cfg.epochs}: mean loss {epoch_losses[-1]:.4f}, "
+        tracker.log({"devel_f1": devel["f1"], "epoch_mean_loss": mean_loss}, step)
+        print(f"{label} epoch {epoch + 1}/{cfg.epochs}: mean loss {mean_loss:.4f}, "
               f"devel F1 {devel['f1']:.4f}")
         if devel["f1"] > best["f1"]:
             best = {"f1": devel["f1"], "epoch": epoch, "metrics": devel,
@@ -415,39 +488,7 @@ def run(cfg: Config, out: Path, tracker, log) -> dict:
     return metrics
 
 
-class LossGuard:
-    """Watches the training loss for NaN and inf without a host sync per step: the first bad
-    step and the last finite loss are kept on the device, and `check` (at the loop's logging
-    steps and each epoch's end, which sync anyway) raises DivergedError naming them.
-
-    The fp16 GradScaler already skips steps whose gradients overflow while the loss is finite;
-    a loss that is itself not finite is divergence (or emissions that overflowed), and training
-    on it would only spread NaN through the weights.
-    """
-
-    def __init__(self, device: torch.device):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # step, -1: none
-        self.last_finite = torch.full((), float("nan"), device=device)
-        self.last_finite_step = torch.full((), -1, dtype=torch.long, device=device)
-
-    def watch(self, loss: torch.Tensor, step: int) -> None:
-        finite = torch.isfinite(loss.detach())
-        bad_now = ~finite & (self.first_bad < 0)
-        self.first_bad = torch.where(bad_now, step, self.first_bad)
-        keep = finite & (self.first_bad < 0)
-        self.last_finite = torch.where(keep, loss.detach().float(), self.last_finite)
-        self.last_finite_step = torch.where(keep, step, self.last_finite_step)
-
-    def check(self, epoch: int) -> None:
-        first_bad = int(self.first_bad)
-        if first_bad >= 0:
-            raise DivergedError(
-                f"training loss is not finite at step {first_bad + 1} (epoch {epoch + 1}); last "
-                f"finite loss {float(self.last_finite):.4g} at step "
-                f"{int(self.last_finite_step) + 1}: lower lr or use fp32/bf16")
-
-
-def predictions_text(split: list[data.Sentence], predicted: list[list[str]]) -> str:
+def predictions_text(split: list[Sentence], predicted: list[list[str]]) -> str:
     return "\n\n".join("\n".join(f"{token} {gold} {pred}" for token, gold, pred in
                                  zip(s.tokens, s.tags, p)) for s, p in zip(split, predicted)) + "\n"
 
@@ -462,7 +503,8 @@ def write_run_files(cfg: Config, out: Path, model: Tagger, corpus: data.Corpus,
                             {"config": dataclasses.asdict(cfg), "labels": corpus.labels})
         method = METHODS[cfg.method]
         if method.export is not None:  # e.g. a LoRA adapter again, in the folder PEFT loads
-            method.export(model.encoder, out / method.export_folder, resolve_model(cfg.model))
+            write_folder_atomic(out / method.export_folder,
+                                method.export(model.encoder, resolve_model(cfg.model)))
     write_atomic(out / METRICS, json.dumps(metrics, indent=2))
 
 

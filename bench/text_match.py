@@ -1,4 +1,4 @@
-"""How closely text.py's tokeniser and sentence splitter reproduce the corpora's own.
+"""How closely corpora/text.py's tokeniser and sentence splitter reproduce the corpora's own.
 
     NER_DATA_DIR=../shared/data python bench/text_match.py [bc5cdr ncbi_disease ...]
 
@@ -20,13 +20,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data
-import text
+
+from corpora import sources, text
+from corpora.iob import read_iob
 
 
 def measure(dataset: str) -> dict:
-    paths = data.find_corpus(dataset, os.environ.get(data.DATA_DIR_ENV))
-    sentences = [s.tokens for s in data.read_iob(paths["test"])]
+    paths = sources.find_corpus(dataset, os.environ.get(sources.DATA_DIR_ENV))
+    sentences = [s.tokens for s in read_iob(paths["test"])]
     token_misses = [s for s in sentences if [t.text for t in text.tokenize(text.join_tokens(s))]
                     != s]
     pair_misses = []

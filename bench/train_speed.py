@@ -38,10 +38,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import config_check
+
 import data
 import train
 from model import resolve_model
+from runs import config_files
 
 
 def ours(args, output_dir: str) -> dict:
@@ -59,7 +60,7 @@ def ours(args, output_dir: str) -> dict:
         values["crf"] = True
     if args.checkpointing:
         values["gradient_checkpointing"] = True
-    cfg = config_check.make_config(values, "bench")
+    cfg = config_files.make_config(values, "bench")
     metrics = train.train(cfg)
     return {"tokens_per_second": metrics["tokens_per_second"],
             "train_seconds": metrics["train_seconds"],

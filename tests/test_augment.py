@@ -9,16 +9,17 @@ from conftest import make_sentences, write_corpus, write_iob
 from transformers import AutoTokenizer
 
 import augment
-import config_check
 import data
 import model
 import train
+from corpora import iob, schemes
+from runs import config_files
 
 LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
 
 
 def sentences(n=40, seed=0):
-    return [data.Sentence(t, g) for t, g in make_sentences(n, seed=seed)]
+    return [iob.Sentence(t, g) for t, g in make_sentences(n, seed=seed)]
 
 
 def is_valid_bio(tags) -> bool:
@@ -32,10 +33,10 @@ def is_valid_bio(tags) -> bool:
 
 def test_mention_spans():
     tags = ["B-A", "I-A", "O", "I-B", "I-B", "B-B", "B-A", "I-B"]
-    assert data.mention_spans(tags) == [(0, 2, "A"), (3, 5, "B"), (5, 6, "B"), (6, 7, "A"),
+    assert schemes.mention_spans(tags) == [(0, 2, "A"), (3, 5, "B"), (5, 6, "B"), (6, 7, "A"),
                                         (7, 8, "B")]
     # the docstring's example
-    assert data.mention_spans(["B-Chemical", "I-Chemical", "O", "I-Disease"]) == [
+    assert schemes.mention_spans(["B-Chemical", "I-Chemical", "O", "I-Disease"]) == [
         (0, 2, "Chemical"), (3, 4, "Disease")]
 
 
@@ -45,7 +46,7 @@ def test_bank_holds_training_mentions_only(tmp_path):
     corpus = data.load_corpus(str(folder))
     bank = augment.build_mention_bank(corpus.train)
     expected = {(entity_type, tuple(s.tokens[a:b])) for s in corpus.train
-                for a, b, entity_type in data.mention_spans(s.tags)}
+                for a, b, entity_type in schemes.mention_spans(s.tags)}
     assert {(entity_type, m) for entity_type, ms in bank.items() for m in ms} == expected
     assert all(("zzzdrug",) not in ms for ms in bank.values())
 
@@ -55,11 +56,11 @@ def test_training_builds_its_bank_from_the_training_split(tmp_path, tiny_encoder
     seen = []
     original = augment.build_mention_bank
     monkeypatch.setattr(augment, "build_mention_bank", lambda s: seen.append(s) or original(s))
-    cfg = config_check.make_config({"model": str(tiny_encoder), "dataset": str(folder), "gpu": -1,
+    cfg = config_files.make_config({"model": str(tiny_encoder), "dataset": str(folder), "gpu": -1,
                              "epochs": 2, "output_dir": str(tmp_path / "out"),
                              "aug": {"p": 0.5, "copies": 1}}, "test")
     metrics = train.train(cfg)
-    assert seen == [data.read_iob(folder / "train.tsv")]
+    assert seen == [iob.read_iob(folder / "train.tsv")]
     assert metrics["train_windows"] == 40  # originals plus one swapped copy each
 
 
@@ -72,7 +73,7 @@ def test_swap_keeps_context_and_entity_sequence(p):
     for s in train_split:
         words, tags = augment.swap_mentions(s.tokens, s.tags, bank, p, rng)
         assert len(words) == len(tags) and is_valid_bio(tags)
-        old, new = data.mention_spans(s.tags), data.mention_spans(tags)
+        old, new = schemes.mention_spans(s.tags), schemes.mention_spans(tags)
         assert [t for _, _, t in new] == [t for _, _, t in old]  # same count and types, in order
         for a, b, entity_type in new:
             assert tuple(words[a:b]) in bank[entity_type]
@@ -113,7 +114,7 @@ def test_spliced_pieces_equal_tokenising_the_swapped_sentence(which, tiny_encode
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder) if which == "tiny" \
         else minilm_tokenizer()
     train_split = sentences(60, seed=2) + [
-        data.Sentence(["Cis-platinum", "(", "CDDP", ")", "caused", "renal", "failure", "."],
+        iob.Sentence(["Cis-platinum", "(", "CDDP", ")", "caused", "renal", "failure", "."],
                       ["B-Chemical", "O", "B-Chemical", "O", "O", "B-Disease", "I-Disease", "O"])]
     tokenized = data.tokenize_sentences(train_split, tokenizer, LABELS)
     swapper = augment.EntitySwapper(train_split, tokenized, tokenizer, LABELS, 0.7, copies=0)
@@ -121,7 +122,7 @@ def test_spliced_pieces_equal_tokenising_the_swapped_sentence(which, tiny_encode
     # Redo the same draws on token strings, then tokenise those sentences from scratch.
     rng = random.Random(5 * 1_000_003 + 2)
     bank = augment.build_mention_bank(train_split)
-    swapped = [data.Sentence(*augment.swap_mentions(s.tokens, s.tags, bank, 0.7, rng))
+    swapped = [iob.Sentence(*augment.swap_mentions(s.tokens, s.tags, bank, 0.7, rng))
                for s in train_split]
     assert spliced == data.tokenize_sentences(swapped, tokenizer, LABELS)
     assert sum(a != b for a, b in zip(spliced, tokenized)) > 10

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 import config
-import config_check
 import methods
-import preflight
-import report
+from comparison import preflight
+from runs import config_files
 
 ROOT = Path(config.__file__).parent
 
@@ -26,7 +25,7 @@ def write_yaml(tmp_path, text: str, name: str = "x.yml") -> Path:
 def problems(path, overrides=None) -> list[str]:
     """The lines of the ConfigError that `experiment_configs` raises for `path`."""
     with pytest.raises(config.ConfigError) as error:
-        config_check.experiment_configs(path, overrides)
+        config_files.experiment_configs(path, overrides)
     return str(error.value).splitlines()
 
 
@@ -36,13 +35,13 @@ def problems(path, overrides=None) -> list[str]:
 def test_experiments_inherit_top_level_defaults(tmp_path):
     path = write_yaml(tmp_path, "lr: 5e-5\nepochs: 2\nexperiments:\n"
                                 "  - {name: a}\n  - {name: b, lr: 1e-3, fp16: true}\n")
-    a, b = config_check.experiment_configs(path)
+    a, b = config_files.experiment_configs(path)
     assert (a.name, a.lr, a.epochs, a.precision) == ("a", 5e-5, 2, "fp32")
     assert (b.name, b.lr, b.epochs, b.precision) == ("b", 1e-3, 2, "fp16")
 
 
 def test_a_file_without_experiments_is_one_experiment(tmp_path):
-    [cfg] = config_check.experiment_configs(write_yaml(tmp_path, "epochs: 2\nrank: 4\n"))
+    [cfg] = config_files.experiment_configs(write_yaml(tmp_path, "epochs: 2\nrank: 4\n"))
     assert (cfg.name, cfg.epochs, cfg.rank) == ("run", 2, 4)
 
 
@@ -147,13 +146,13 @@ def test_an_unreadable_file_is_named(tmp_path):
 
 def test_command_line_overrides_are_typed_and_named_in_errors(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - {name: a, lr: 1e-4}\n")
-    overrides = config_check.parse_overrides(["--lr=3e-4", "--epochs=7", "--gpu=-1",
+    overrides = config_files.parse_overrides(["--lr=3e-4", "--epochs=7", "--gpu=-1",
                                         "--targets=[query,value]", "--lora-dropout=0.1"])
-    [cfg] = config_check.experiment_configs(path, overrides)
+    [cfg] = config_files.experiment_configs(path, overrides)
     assert (cfg.lr, cfg.epochs, cfg.gpu, cfg.targets, cfg.lora_dropout) == \
-        (3e-4, 7, -1, ["query", "value"], 0.1)
+        (3e-4, 7, [-1], ["query", "value"], 0.1)
     with pytest.raises(config.ConfigError, match="expected --key=value"):
-        config_check.parse_overrides(["--lr"])
+        config_files.parse_overrides(["--lr"])
     [message] = problems(path, {"nope": 1})
     assert message.startswith("command line --nope: ") and "unknown key 'nope'" in message
     [message] = problems(path, {"rank": 0})
@@ -166,7 +165,7 @@ def test_command_line_overrides_are_typed_and_named_in_errors(tmp_path):
 def test_a_grid_expands_into_named_typed_experiments(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - {name: base}\n"
                                 "  - {name: lora, method: lora, grid: {lr: [1e-3, 5e-3]}}\n")
-    base, low, high = config_check.experiment_configs(path)
+    base, low, high = config_files.experiment_configs(path)
     assert [c.name for c in (base, low, high)] == ["base", "lora[lr=0.001]", "lora[lr=0.005]"]
     assert (low.lr, high.lr) == (1e-3, 5e-3)
     assert isinstance(low.lr, float) and low.method == high.method == "lora"
@@ -176,7 +175,7 @@ def test_a_grid_expands_into_named_typed_experiments(tmp_path):
 def test_a_grid_over_two_keys_is_their_product(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - name: lora\n    method: lora\n"
                                 "    grid: {lr: [1e-3, 5e-3], rank: [4, 8, 16]}\n")
-    configs = config_check.experiment_configs(path)
+    configs = config_files.experiment_configs(path)
     assert [(c.lr, c.rank) for c in configs] == [(lr, r) for lr in (1e-3, 5e-3)
                                                   for r in (4, 8, 16)]
     assert configs[0].name == "lora[lr=0.001,rank=4]"
@@ -219,18 +218,18 @@ def test_lr_defaults_per_method_and_an_explicit_lr_wins(tmp_path, method):
     adapters = ", adapters: [x]" if method == "fusion" else ""
     path = write_yaml(tmp_path, f"experiments:\n  - {{name: a, method: {method}{adapters}}}\n"
                                 f"  - {{name: b, method: {method}{adapters}, lr: 3e-4}}\n")
-    default, explicit = config_check.experiment_configs(path)
+    default, explicit = config_files.experiment_configs(path)
     assert default.lr == methods.METHODS[method].default_lr
     assert explicit.lr == 3e-4
     # the reason it exists: LoRA wants a higher rate than full fine-tuning
     assert methods.METHODS["lora"].default_lr > methods.METHODS["full"].default_lr
-    assert config_check.make_config({"method": "lora"}).lr == methods.METHODS["lora"].default_lr
+    assert config_files.make_config({"method": "lora"}).lr == methods.METHODS["lora"].default_lr
 
 
 def test_the_old_fusion_key_is_read_as_fusion_mode(tmp_path, capsys):
     path = write_yaml(tmp_path, "experiments:\n  - {name: a, method: fusion, adapters: [x],\n"
                                 "     fusion: attention}\n")
-    [cfg] = config_check.experiment_configs(path)
+    [cfg] = config_files.experiment_configs(path)
     assert cfg.fusion_mode == "attention"
     assert not hasattr(cfg, "fusion")
     assert "'fusion' is now 'fusion_mode'" in capsys.readouterr().out
@@ -245,10 +244,10 @@ def test_the_old_and_new_fusion_keys_together_are_one_error(tmp_path):
     assert "fusion_mode" in lines[0]
 
 
-@pytest.mark.parametrize("value, expected", [("0", 0), ("-1", -1), ("[0, 1]", [0, 1]),
+@pytest.mark.parametrize("value, expected", [("0", [0]), ("-1", [-1]), ("[0, 1]", [0, 1]),
                                              ("[3]", [3])])
-def test_gpu_is_a_device_index_or_a_list(tmp_path, value, expected):
-    [cfg] = config_check.experiment_configs(write_yaml(tmp_path, f"gpu: {value}\n"))
+def test_gpu_is_a_device_index_or_a_list_and_read_as_a_list(tmp_path, value, expected):
+    [cfg] = config_files.experiment_configs(write_yaml(tmp_path, f"gpu: {value}\n"))
     assert cfg.gpu == expected
 
 
@@ -256,7 +255,7 @@ def test_gpu_is_a_device_index_or_a_list(tmp_path, value, expected):
 def test_a_bad_gpu_is_rejected(tmp_path, value):
     path = write_yaml(tmp_path, f"gpu: {value}\n")
     [message] = problems(path)
-    assert message.startswith(f"{path}:1: ") and "'gpu'" in message
+    assert message.startswith(f"{path}:1: ") and "'gpu" in message
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -267,7 +266,7 @@ def test_a_bad_gpu_is_rejected(tmp_path, value):
 def test_make_config_reports_every_problem_in_one_error(values, expected):
     """Types and names first (a range means nothing for a wrong type), then every range."""
     with pytest.raises(config.ConfigError) as error:
-        config_check.make_config(values, "here")
+        config_files.make_config(values, "here")
     lines = str(error.value).splitlines()
     assert len(lines) == len(expected), lines
     assert all(line.startswith("here: ") for line in lines)
@@ -280,14 +279,14 @@ def test_make_config_reports_every_problem_in_one_error(values, expected):
 def test_sweep_settings_read_the_top_level_and_experiments_ignore_them(tmp_path):
     path = write_yaml(tmp_path, "baseline: lora\nbootstrap_resamples: 200\nbootstrap_seed: 3\n"
                                 "experiments:\n  - {name: full}\n  - {name: lora, method: lora}\n")
-    settings = config_check.sweep_settings(path)
+    settings = config_files.sweep_settings(path)
     assert settings == config.SweepSettings(baseline="lora", bootstrap_resamples=200,
                                             bootstrap_seed=3)
-    assert [c.name for c in config_check.experiment_configs(path)] == ["full", "lora"]
-    assert config_check.sweep_settings(path, {"bootstrap_seed": 9}).bootstrap_seed == 9
-    [cfg, _] = config_check.experiment_configs(path, {"bootstrap_seed": 9})  # not a run's key
+    assert [c.name for c in config_files.experiment_configs(path)] == ["full", "lora"]
+    assert config_files.sweep_settings(path, {"bootstrap_seed": 9}).bootstrap_seed == 9
+    [cfg, _] = config_files.experiment_configs(path, {"bootstrap_seed": 9})  # not a run's key
     assert cfg.name == "full"
-    assert config_check.sweep_settings(write_yaml(tmp_path, "lr: 1\n", "y.yml")) == \
+    assert config_files.sweep_settings(write_yaml(tmp_path, "lr: 1\n", "y.yml")) == \
         config.SweepSettings()
 
 
@@ -298,7 +297,7 @@ def test_sweep_settings_read_the_top_level_and_experiments_ignore_them(tmp_path)
 def test_bad_sweep_settings_name_file_line_and_key(tmp_path, text, line, words):
     path = write_yaml(tmp_path, text)
     with pytest.raises(config.ConfigError) as error:
-        config_check.sweep_settings(path)
+        config_files.sweep_settings(path)
     assert str(error.value).startswith(f"{path}:{line}: ") and words in str(error.value)
 
 
@@ -332,7 +331,7 @@ def test_every_config_key_has_a_why_comment(cls):
 
 
 def test_help_lists_every_key_with_its_default_and_comment():
-    text = " ".join(config_check.config_help().split())  # wrapping may split a line anywhere
+    text = " ".join(config_files.config_help().split())  # wrapping may split a line anywhere
     for cls in (config.Config, config.SweepSettings):
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -343,8 +342,8 @@ def test_help_lists_every_key_with_its_default_and_comment():
     assert text.index("sweep keys") > text.index("fusion_dim (default 16)")
 
 
-def test_readme_documents_every_config_key():
-    readme = (ROOT / "README.md").read_text()
+def test_the_config_reference_documents_every_config_key():
+    readme = (ROOT / "docs" / "config.md").read_text()
     keys = [f.name for f in dataclasses.fields(config.Config)] + \
         [f"aug.{f.name}" for f in dataclasses.fields(config.AugConfig)] + \
         [f.name for f in dataclasses.fields(config.SweepSettings)]
@@ -366,8 +365,8 @@ def test_the_known_configs_are_shipped():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_are_valid(name, capsys):
     path = ROOT / "configs" / f"{name}.yml"
-    configs = config_check.experiment_configs(path)
-    config_check.sweep_settings(path)
+    configs = config_files.experiment_configs(path)
+    config_files.sweep_settings(path)
     assert "is now 'fusion_mode'" not in capsys.readouterr().out  # no old key names shipped
     assert configs and all(c.method in methods.METHODS for c in configs)
     assert preflight.fusion_problems(configs) == []  # fusion sources exist and fit
@@ -379,13 +378,13 @@ def test_shipped_configs_are_valid(name, capsys):
                 "fusion-attention", "lora-r16-all-linear[lr=0.001]", "dora-r16[lr=0.001]",
                 "lora-plus-r16[lr=0.0002]", "pfeiffer[lr=0.0003]", "houlsby[lr=0.0003]",
                 "ia3[lr=0.003]", "bitfit[lr=0.0005]", "adapter-fusion"} <= set(by_name)
-        assert config_check.sweep_settings(path).baseline == "full"  # the grid's devel choice
+        assert config_files.sweep_settings(path).baseline == "full"  # the grid's devel choice
         seed_block = by_name["lora-r32-cosine"]
         assert (seed_block.rank, seed_block.lr, seed_block.lr_scheduler_type,
                 seed_block.warmup_steps) == (32, 5e-5, "cosine", 300)
         assert by_name["full[lr=5e-05]"].precision == "fp16"
         # every LoRA rank and every other PEFT method has a learning-rate grid of 3 or more
-        groups = report.grid_groups(configs)
+        groups = config_files.grid_groups(configs)
         for block in ("lora-r8", "lora-r16", "lora-r32", "lora-r64", "lora-r16-all-linear",
                       "dora-r16", "lora-plus-r16", "pfeiffer", "houlsby", "ia3", "bitfit"):
             assert len({by_name[m].lr for m in groups[block]}) >= 3, block
@@ -399,7 +398,7 @@ def test_shipped_configs_are_valid(name, capsys):
     if name == "peft_cpu":
         by_name = {c.name: c for c in configs}
         assert (by_name["full"].lr, by_name["lora-r16"].lr) == (4e-4, 4e-3)  # study_cpu's
-        groups = report.grid_groups(configs)
+        groups = config_files.grid_groups(configs)
         assert set(groups) == {"lora-r16-all-linear", "dora-r16", "lora-plus-r16", "pfeiffer",
                                "houlsby", "ia3", "bitfit"}
         assert all(len(members) >= 3 for members in groups.values())
@@ -424,7 +423,7 @@ def test_a_block_key_of_another_method_is_an_error_naming_both_methods(tmp_path)
 def test_top_level_and_command_line_keys_are_defaults_for_the_methods_that_use_them(tmp_path):
     path = write_yaml(tmp_path, "rank: 4\nexperiments:\n  - {name: full}\n"
                                 "  - {name: lora, method: lora}\n")
-    full, lora_run = config_check.experiment_configs(path, {"alpha": 8.0})
+    full, lora_run = config_files.experiment_configs(path, {"alpha": 8.0})
     assert (lora_run.rank, lora_run.alpha) == (4, 8.0)
     assert full.method == "full"  # no error: top-level keys are defaults
 
@@ -433,13 +432,13 @@ def test_the_seed_block_format_reads_as_written(tmp_path):
     path = write_yaml(tmp_path, "experiments:\n  - {name: lora-r32-cosine, method: lora, "
                                 "rank: 32, lr: 5e-5, epochs: 5, lr_scheduler_type: cosine, "
                                 "warmup_steps: 300}\n")
-    [cfg] = config_check.experiment_configs(path)
+    [cfg] = config_files.experiment_configs(path)
     assert (cfg.method, cfg.rank, cfg.lr, cfg.epochs, cfg.lr_scheduler_type, cfg.warmup_steps) \
         == ("lora", 32, 5e-5, 5, "cosine", 300)
 
 
 def test_help_lists_every_method_of_the_table():
-    text = config_check.config_help()
+    text = config_files.config_help()
     for method in methods.METHODS.values():
         assert f"  {method.name}: trains " in text
     assert "lr_scheduler_type (default 'linear'): how the learning rate decays after warm-up " \

@@ -10,6 +10,7 @@ from conftest import assert_error_names_line, make_sentences, write_corpus, writ
 from transformers import AutoTokenizer
 
 import data
+from corpora import iob, schemes, sources
 
 # ------------------------------------------------------------------ reading
 
@@ -17,7 +18,7 @@ import data
 def test_reader_accepts_tabs_spaces_and_middle_columns(tmp_path):
     path = tmp_path / "a.tsv"
     path.write_text("Aspirin\tB-Chemical\ncauses NN O\n\n\nfever x y B-Disease\n")
-    sentences = data.read_iob(path)
+    sentences = iob.read_iob(path)
     assert [s.tokens for s in sentences] == [["Aspirin", "causes"], ["fever"]]
     assert [s.tags for s in sentences] == [["B-Chemical", "O"], ["B-Disease"]]
 
@@ -29,21 +30,21 @@ def test_reader_accepts_tabs_spaces_and_middle_columns(tmp_path):
     ("a\tO\n\nb\tB-\n", 3, "is not O, B-<type> or I-<type>"),
 ])
 def test_reader_errors_name_file_and_line(tmp_path, text, line, words):
-    assert_error_names_line(data.read_iob, tmp_path / "bad.tsv", text, line, words)
+    assert_error_names_line(iob.read_iob, tmp_path / "bad.tsv", text, line, words)
 
 
 def test_reader_rejects_empty_token_and_empty_split(tmp_path):
     path = tmp_path / "x.tsv"
     path.write_text("a\tO\n \tO\n")  # a blank token before the tab
     with pytest.raises(ValueError, match=rf"{path}:2: empty token"):
-        data.read_iob(path)
+        iob.read_iob(path)
     path.write_text("\n\n")
     with pytest.raises(ValueError, match="no sentences"):
-        data.read_iob(path)
+        iob.read_iob(path)
 
 
 def test_labels_are_o_first_then_sorted_types():
-    train = [data.Sentence(["a", "b"], ["B-Zeta", "O"]), data.Sentence(["c"], ["I-Alpha"])]
+    train = [iob.Sentence(["a", "b"], ["B-Zeta", "O"]), iob.Sentence(["c"], ["I-Alpha"])]
     assert data.build_labels(train) == ["O", "B-Alpha", "I-Alpha", "B-Zeta", "I-Zeta"]
 
 
@@ -60,7 +61,7 @@ def test_limits_keep_first_sentences(tmp_path):
     folder = write_corpus(tmp_path / "c", sizes=(30, 10, 10))
     corpus = data.load_corpus(str(folder), train_limit=7, eval_limit=3)
     assert (len(corpus.train), len(corpus.devel), len(corpus.test)) == (7, 3, 3)
-    assert corpus.train == data.read_iob(folder / "train.tsv")[:7]
+    assert corpus.train == iob.read_iob(folder / "train.tsv")[:7]
 
 
 def test_labels_come_from_the_whole_training_file(tmp_path):
@@ -76,7 +77,7 @@ def test_labels_come_from_the_whole_training_file(tmp_path):
     limited = data.load_corpus(str(folder), train_limit=5)
     assert limited.labels == whole.labels == ["O", "B-Chemical", "I-Chemical", "B-Disease",
                                               "I-Disease"]
-    assert limited.train == [data.Sentence(*chemical)] * 5  # the limit slices sentences only
+    assert limited.train == [iob.Sentence(*chemical)] * 5  # the limit slices sentences only
     assert data.build_labels(limited.train) != limited.labels  # what the old rule would give
 
 
@@ -85,19 +86,19 @@ def test_labels_come_from_the_whole_training_file(tmp_path):
 
 def test_corpus_found_by_name_in_config_dir_or_env(tmp_path, monkeypatch):
     write_corpus(tmp_path / "mine")
-    assert data.find_corpus("mine", str(tmp_path))["train"] == tmp_path / "mine" / "train.tsv"
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
-    assert data.find_corpus("mine", None)["devel"] == tmp_path / "mine" / "devel.tsv"
-    assert data.find_corpus(str(tmp_path / "mine"), None)["test"].name == "test.tsv"
+    assert sources.find_corpus("mine", str(tmp_path))["train"] == tmp_path / "mine" / "train.tsv"
+    monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
+    assert sources.find_corpus("mine", None)["devel"] == tmp_path / "mine" / "devel.tsv"
+    assert sources.find_corpus(str(tmp_path / "mine"), None)["test"].name == "test.tsv"
 
 
 def test_missing_split_and_missing_folder_are_named(tmp_path):
     folder = write_corpus(tmp_path / "c")
     (folder / "devel.tsv").unlink()
     with pytest.raises(FileNotFoundError, match="devel.tsv"):
-        data.find_corpus(str(folder), None)
+        sources.find_corpus(str(folder), None)
     with pytest.raises(FileNotFoundError, match="no folder .*nope"):
-        data.find_corpus("nope", str(tmp_path))
+        sources.find_corpus("nope", str(tmp_path))
 
 
 @pytest.fixture
@@ -112,41 +113,41 @@ def corpus_server(tmp_path, monkeypatch):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(data, "SOURCE_URL",
+    monkeypatch.setattr(sources, "SOURCE_URL",
                         f"http://127.0.0.1:{server.server_port}/{{folder}}/{{split}}.tsv")
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
     yield root
     server.shutdown()
 
 
 def test_a_known_corpus_downloads_once_into_the_cache(corpus_server, tmp_path):
-    write_corpus(corpus_server / data.KNOWN_CORPORA["ncbi_disease"])
-    paths = data.find_corpus("ncbi_disease", None)
+    write_corpus(corpus_server / sources.KNOWN_CORPORA["ncbi_disease"])
+    paths = sources.find_corpus("ncbi_disease", None)
     assert paths["devel"] == tmp_path / "cache/ner-peft/corpora/ncbi_disease/devel.tsv"
     assert paths["test"].read_text() == (corpus_server / "NCBI-disease-IOB/test.tsv").read_text()
     (corpus_server / "NCBI-disease-IOB" / "train.tsv").unlink()
-    assert data.find_corpus("ncbi_disease", None) == paths  # from the cache: no request
+    assert sources.find_corpus("ncbi_disease", None) == paths  # from the cache: no request
     assert not list(paths["train"].parent.glob(".*"))  # no partial file left
 
 
 def test_a_failed_download_names_the_url_and_the_reason(corpus_server):
     with pytest.raises(FileNotFoundError) as error:  # the server has no such file: HTTP 404
-        data.find_corpus("bc5cdr", None)
+        sources.find_corpus("bc5cdr", None)
     message = str(error.value)
     assert "BC5CDR-IOB/train.tsv answered HTTP 404" in message and "NER_DATA_DIR" in message
     assert "network" not in message  # the server answered: the network is not to blame
     with pytest.raises(FileNotFoundError, match="neither a folder nor a known corpus"):
-        data.find_corpus("my_corpus", None)
+        sources.find_corpus("my_corpus", None)
 
 
 def test_an_unreachable_host_is_blamed_on_the_network(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "SOURCE_URL", "http://127.0.0.1:9/{folder}/{split}.tsv")
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(sources, "SOURCE_URL", "http://127.0.0.1:9/{folder}/{split}.tsv")
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
     with pytest.raises(FileNotFoundError, match="could not reach .*Connection refused.*without "
                                                 "network, provide a folder"):
-        data.find_corpus("bc5cdr", None)
+        sources.find_corpus("bc5cdr", None)
 
 
 def test_a_missing_corpus_lists_the_corpora_of_the_data_directory(tmp_path):
@@ -154,7 +155,7 @@ def test_a_missing_corpus_lists_the_corpora_of_the_data_directory(tmp_path):
     write_corpus(tmp_path / "ncbi_disease")
     (tmp_path / "notes").mkdir()
     with pytest.raises(FileNotFoundError, match="the corpora there: bc5cdr, ncbi_disease\\)"):
-        data.find_corpus("bc5dcr", str(tmp_path))
+        sources.find_corpus("bc5dcr", str(tmp_path))
 
 
 # ------------------------------------------------------------------ tagging schemes
@@ -175,16 +176,16 @@ IOB1 = [["I-Chemical", "O", "I-Chemical", "I-Chemical", "O", "I-Disease", "I-Dis
                                           ("bio", [t for _, t in BIO])])
 def test_every_scheme_reads_as_the_same_bio_entities(tmp_path, capsys, scheme, tags):
     path = write_iob(tmp_path / "x.tsv", [(tokens, t) for (tokens, _), t in zip(BIO, tags)])
-    assert data.schemes.detect(tags) == scheme
+    assert schemes.detect(tags) == scheme
     for given in ("auto", scheme):
-        sentences = data.read_iob(path, given)
+        sentences = iob.read_iob(path, given)
         assert [s.tags for s in sentences] == [t for _, t in BIO]
     said = capsys.readouterr().err
     assert (f"tags read as {scheme.upper()}, converted to BIO" in said) == (scheme != "bio")
 
 
 def test_a_tag_outside_the_named_scheme_names_its_line(tmp_path):
-    assert_error_names_line(lambda p: data.read_iob(p, "bio"), tmp_path / "x.tsv",
+    assert_error_names_line(lambda p: iob.read_iob(p, "bio"), tmp_path / "x.tsv",
                             "a\tB-X\nb\tE-X\n", 2, "is not O or B/I-<type> (bio)")
 
 
@@ -197,7 +198,7 @@ def test_a_rare_type_beside_a_similar_frequent_one_is_named_as_a_likely_typo(tmp
     assert "B-Chemcial" in corpus.labels  # still a label of its own: a warning, not an error
     warning = capsys.readouterr().err
     assert "entity type 'Chemcial' has 1 mention(s) beside 'Chemical'" in warning
-    assert data.likely_typos([data.Sentence(t, g) for t, g in make_sentences(40, seed=1)]) == []
+    assert data.likely_typos([iob.Sentence(t, g) for t, g in make_sentences(40, seed=1)]) == []
 
 
 # ------------------------------------------------------------------ tokenising and windows
@@ -212,7 +213,7 @@ LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
 
 
 def test_pieces_equal_tokenising_each_sentence_whole(tokenizer):
-    sentences = [data.Sentence(t, g) for t, g in make_sentences(20, seed=3)]
+    sentences = [iob.Sentence(t, g) for t, g in make_sentences(20, seed=3)]
     tokenized = data.tokenize_sentences(sentences, tokenizer, LABELS)
     for sentence, result in zip(sentences, tokenized):
         whole = tokenizer(sentence.tokens, is_split_into_words=True, add_special_tokens=False)
@@ -221,14 +222,14 @@ def test_pieces_equal_tokenising_each_sentence_whole(tokenizer):
 
 
 def test_word_without_pieces_becomes_unk(tokenizer):
-    [result] = data.tokenize_sentences([data.Sentence(["the", "\u200b", "."], ["O"] * 3)],
+    [result] = data.tokenize_sentences([iob.Sentence(["the", "\u200b", "."], ["O"] * 3)],
                                        tokenizer, LABELS)
     assert result.pieces[1] == [tokenizer.unk_token_id]
 
 
 @pytest.mark.parametrize("max_length", [8, 12, 20, 64])
 def test_windows_cover_every_word_once_in_order(tokenizer, max_length):
-    sentences = [data.Sentence(t, g) for t, g in make_sentences(30, seed=1, max_words=30)]
+    sentences = [iob.Sentence(t, g) for t, g in make_sentences(30, seed=1, max_words=30)]
     tokenized = data.tokenize_sentences(sentences, tokenizer, LABELS)
     windows = data.make_windows(tokenized, max_length, tokenizer.cls_token_id,
                                 tokenizer.sep_token_id)
@@ -260,9 +261,9 @@ def test_make_windows_docstring_example():
 
 
 def test_windows_after_the_first_are_flagged_as_continuing(tokenizer):
-    sentences = [data.Sentence(t, g) for t, g in make_sentences(30, seed=5, max_words=30)]
+    sentences = [iob.Sentence(t, g) for t, g in make_sentences(30, seed=5, max_words=30)]
     # 'the' is one piece and 'aspirin' seven: at max_length 10 the cut falls inside the mention
-    sentences.append(data.Sentence(["the", "aspirin", "aspirin", "aspirin"],
+    sentences.append(iob.Sentence(["the", "aspirin", "aspirin", "aspirin"],
                                    ["O", "B-Chemical", "I-Chemical", "I-Chemical"]))
     tokenized = data.tokenize_sentences(sentences, tokenizer, LABELS)
     windows = data.make_windows(tokenized, 10, tokenizer.cls_token_id, tokenizer.sep_token_id)
@@ -277,7 +278,7 @@ def test_windows_after_the_first_are_flagged_as_continuing(tokenizer):
 
 
 def test_window_predictions_merge_back_to_sentences(tokenizer):
-    sentences = [data.Sentence(t, g) for t, g in make_sentences(10, seed=2, max_words=25)]
+    sentences = [iob.Sentence(t, g) for t, g in make_sentences(10, seed=2, max_words=25)]
     windows = data.make_windows(data.tokenize_sentences(sentences, tokenizer, LABELS), 10,
                                 tokenizer.cls_token_id, tokenizer.sep_token_id)
     merged = data.merge_window_predictions(windows, [w.tag_ids for w in windows],
@@ -314,7 +315,7 @@ def test_length_grouping_reduces_padding_and_seed_changes_order():
 
 
 def test_collate_pads_to_multiples_of_16_with_masks(tokenizer):
-    sentences = [data.Sentence(t, g) for t, g in make_sentences(5, seed=4)]
+    sentences = [iob.Sentence(t, g) for t, g in make_sentences(5, seed=4)]
     windows = data.make_windows(data.tokenize_sentences(sentences, tokenizer, LABELS), 64,
                                 tokenizer.cls_token_id, tokenizer.sep_token_id)
     batch = data.collate(windows, tokenizer.pad_token_id, max_length=64)

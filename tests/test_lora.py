@@ -1,28 +1,23 @@
 """Tests for lora.py: identity at init, the slow twin, merge invariants, gradients, targets,
-reading an adapter out of a run's weights, PEFT round trips both ways, and the bf16 frozen base
-under autocast."""
+reading an adapter out of a run's weights, the peer (peft) on copied weights, and the bf16 frozen
+base under autocast. PEFT's folder format is tests/test_peft.py's."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_bert
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors import safe_open
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from files import PEFT_WEIGHTS
 from inject import TARGET_PRESETS
 from lora import (
     DoRALinear,
     LoRALinear,
     adapter_factors,
-    export_peft,
-    import_peft,
     inject_lora,
     load_factors,
     lora_layers,
@@ -61,9 +56,12 @@ def randomise_b(model: nn.Module, seed: int = 1, std: float = 0.1) -> None:
             param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
-def lora_bert(targets=DEFAULT_TARGETS, rank: int = 4, **kwargs) -> nn.Module:
+ALPHA = 32.0  # the alpha of every test that does not set its own
+
+
+def lora_bert(targets=DEFAULT_TARGETS, rank: int = 4, alpha: float = ALPHA, **kwargs) -> nn.Module:
     model = make_tiny_bert()
-    inject_lora(model, targets, rank=rank, **kwargs)
+    inject_lora(model, targets, rank=rank, alpha=alpha, **kwargs)
     randomise_b(model)
     return model.eval()
 
@@ -77,7 +75,7 @@ def test_injection_leaves_outputs_unchanged(targets):
     with torch.no_grad():
         expected = hidden(make_tiny_bert().eval(), batch)
         model = make_tiny_bert()
-        inject_lora(model, targets, rank=8)
+        inject_lora(model, targets, rank=8, alpha=ALPHA)
         assert torch.equal(hidden(model.eval(), batch), expected)
 
 
@@ -97,7 +95,7 @@ def test_layer_equals_slow_twin(rank, rslora):
 
 def test_dropout_only_touches_the_adapter_path():
     torch.manual_seed(0)
-    layer = LoRALinear(nn.Linear(6, 5), rank=2, dropout=0.5).train()
+    layer = LoRALinear(nn.Linear(6, 5), rank=2, alpha=ALPHA, dropout=0.5).train()
     x = torch.randn(4, 6)
     assert torch.equal(layer(x), layer.base(x))  # B = 0: dropout on the adapter input is invisible
     nn.init.normal_(layer.lora_B)
@@ -107,7 +105,7 @@ def test_dropout_only_touches_the_adapter_path():
 @pytest.mark.parametrize("bad", [{"rank": 0}, {"alpha": 0.0}, {"dropout": 1.0}])
 def test_layer_rejects_bad_options(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
-        LoRALinear(nn.Linear(3, 3), **bad)
+        LoRALinear(nn.Linear(3, 3), **{"rank": 2, "alpha": ALPHA, **bad})
 
 
 # --- merge / unmerge ------------------------------------------------------------------------
@@ -189,7 +187,7 @@ QKV = {"attention.self.query", "attention.self.key", "attention.self.value"}
 )
 def test_targets_match_dotted_suffixes(targets, count, layer_suffixes):
     model = make_tiny_bert()
-    names = inject_lora(model, targets, rank=2)
+    names = inject_lora(model, targets, rank=2, alpha=ALPHA)
     assert len(names) == count == len(lora_layers(model))
     assert {name.split(".", 3)[3] for name in names} == layer_suffixes  # drop "encoder.layer.<i>."
     assert all(isinstance(model.get_submodule(name), LoRALinear) for name in names)
@@ -199,17 +197,17 @@ def test_targets_match_dotted_suffixes(targets, count, layer_suffixes):
 @pytest.mark.parametrize("unknown", ["nope", "ery", "self", "layer.0.attention.self.query.base"])
 def test_unknown_target_lists_the_existing_linears(unknown):
     with pytest.raises(ValueError, match=f"target\\(s\\) {unknown} match no nn.Linear") as info:
-        inject_lora(make_tiny_bert(), ("query", unknown))
+        inject_lora(make_tiny_bert(), ("query", unknown), rank=2, alpha=ALPHA)
     assert f"linears are: {ALL_LINEARS} (or a preset: attention, all-linear)" in str(info.value)
 
 
 def test_double_injection_and_string_targets_are_errors():
     model = make_tiny_bert()
-    inject_lora(model)
+    inject_lora(model, DEFAULT_TARGETS, rank=2, alpha=ALPHA)
     with pytest.raises(ValueError, match="already holds 8 LoRA layers"):
-        inject_lora(model, ("intermediate.dense",))
+        inject_lora(model, ("intermediate.dense",), rank=2, alpha=ALPHA)
     with pytest.raises(ValueError, match="sequence"):
-        inject_lora(make_tiny_bert(), "query")
+        inject_lora(make_tiny_bert(), "query", rank=2, alpha=ALPHA)
 
 
 # --- reading an adapter back -------------------------------------------------------------
@@ -277,7 +275,7 @@ def test_run_weights_round_trip_into_a_fresh_model(merged):
         merge_lora(source)
     assert all(torch.equal(p, before[name]) for name, p in run_weights(source).items())
     target = make_tiny_bert()
-    inject_lora(target, FFN_TARGETS, rank=4, rslora=True)
+    inject_lora(target, FFN_TARGETS, rank=4, alpha=ALPHA, rslora=True)
     load_factors(target, adapter_factors(run_weights(source)))
     if merged:
         merge_lora(target)
@@ -291,7 +289,7 @@ def test_load_factors_reports_missing_unexpected_misshaped_and_merged_layers():
     del factors[name]
     factors["encoder.layer.5.attention.self.key"] = (torch.zeros(4, 32), torch.zeros(32, 4))
     target = make_tiny_bert()
-    inject_lora(target, rank=8)
+    inject_lora(target, DEFAULT_TARGETS, rank=8, alpha=ALPHA)
     with pytest.raises(ValueError) as info:
         load_factors(target, factors)
     message = str(info.value)
@@ -307,78 +305,6 @@ def test_load_factors_reports_missing_unexpected_misshaped_and_merged_layers():
         load_factors(merged, adapter_factors(run_weights(merged)))
     with pytest.raises(ValueError, match="no LoRA layers"):
         load_factors(make_tiny_bert(), {})
-
-
-# --- PEFT interchange -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("targets", "rslora", "alpha"),
-    [(DEFAULT_TARGETS, False, 32.0), (("query", "value"), True, 8.0), (FFN_TARGETS, False, 4.0)],
-)
-def test_export_peft_is_read_by_peft(tmp_path, targets, rslora, alpha):
-    model, batch = lora_bert(targets, rank=4, alpha=alpha, rslora=rslora), make_batch()
-    export_peft(model, tmp_path, base_model_name_or_path="tiny-bert")
-    peft_model = PeftModel.from_pretrained(make_tiny_bert(), tmp_path).eval()
-    with torch.no_grad():
-        expected = hidden(model, batch)
-        assert not torch.allclose(hidden(make_tiny_bert().eval(), batch), expected, atol=1e-3)
-        torch.testing.assert_close(hidden(peft_model, batch), expected, atol=1e-5, rtol=1e-5)
-
-
-def test_export_peft_writes_peft_key_names(tmp_path):
-    peft_model = get_peft_model(make_tiny_bert(), LoraConfig(r=4, target_modules=["query"]))
-    peft_model.save_pretrained(tmp_path / "peft")
-    export_peft(lora_bert(("query",)), tmp_path / "ours", base_model_name_or_path="tiny-bert")
-    theirs, ours = (load_file_keys(tmp_path / sub / PEFT_WEIGHTS) for sub in ("peft", "ours"))
-    assert ours == theirs
-    config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
-    assert config["peft_type"] == "LORA" and config["task_type"] is None
-
-
-def load_file_keys(path) -> set[str]:
-    with safe_open(str(path), framework="pt") as f:
-        return set(f.keys())
-
-
-@pytest.mark.parametrize("use_rslora", [False, True])
-def test_import_peft_reproduces_a_real_peft_model(tmp_path, use_rslora):
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], use_rslora=use_rslora)
-    peft_model = get_peft_model(make_tiny_bert(), config)
-    randomise_b(peft_model, seed=2)
-    peft_model.save_pretrained(tmp_path)
-    model, batch = make_tiny_bert(), make_batch()
-    names = import_peft(model, tmp_path)
-    assert len(names) == 4 and all(name.endswith(("query", "value")) for name in names)
-    assert lora_layers(model)[names[0]].scale == pytest.approx(8 / (2 if use_rslora else 4))
-    with torch.no_grad():
-        expected = hidden(peft_model.eval(), batch)
-        assert not torch.allclose(hidden(make_tiny_bert().eval(), batch), expected, atol=1e-3)
-        torch.testing.assert_close(hidden(model.eval(), batch), expected, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("peft_type", "IA3"),
-        ("fan_in_fan_out", True),
-        ("bias", "all"),
-        ("rank_pattern", {"query": 8}),
-        ("alpha_pattern", {"value": 2}),
-        ("init_lora_weights", "pissa"),
-        ("target_modules", "all-linear"),
-    ],
-)
-def test_import_peft_rejects_unsupported_options(tmp_path, field, value):
-    get_peft_model(make_tiny_bert(), LoraConfig(r=4, target_modules=["query"])).save_pretrained(
-        tmp_path
-    )
-    path = tmp_path / "adapter_config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | {field: value}))
-    model = make_tiny_bert()
-    with pytest.raises(ValueError, match=field):
-        import_peft(model, tmp_path)
-    assert not lora_layers(model)  # rejected before injecting anything
 
 
 # --- bf16 frozen base -----------------------------------------------------------------------
@@ -411,7 +337,7 @@ def test_bf16_base_under_cpu_autocast():
 
 def test_all_linear_is_every_linear_of_a_layer_as_peft_names_them():
     ours = make_tiny_bert()
-    names = inject_lora(ours, ["all-linear"], rank=4)
+    names = inject_lora(ours, ["all-linear"], rank=4, alpha=ALPHA)
     assert [name.split("layer.0.")[1] for name in names if ".layer.0." in name] == [
         "attention.self.query", "attention.self.key", "attention.self.value",
         "attention.output.dense", "intermediate.dense", "output.dense"]
@@ -466,7 +392,7 @@ def test_dora_norm_is_a_constant_in_the_backward_pass():
     """PEFT's and the paper's choice (Sec. 4.3): gradients flow to m, A and B, not through the
     norm; the twin with a detached norm has the same gradients."""
     torch.manual_seed(0)
-    layer = DoRALinear(nn.Linear(6, 5), rank=2)
+    layer = DoRALinear(nn.Linear(6, 5), rank=2, alpha=ALPHA)
     nn.init.normal_(layer.lora_B)
     x = torch.randn(4, 6)
     layer(x).pow(2).sum().backward()
@@ -520,25 +446,12 @@ def test_dora_merge_and_unmerge_are_exact_and_idempotent():
         torch.testing.assert_close(layer.base.weight, originals[name], atol=1e-6, rtol=1e-6)
 
 
-def test_dora_export_is_read_by_peft_and_imports_back(tmp_path):
-    model, batch = dora_bert(magnitude=0.9), make_batch()
-    export_peft(model, tmp_path, base_model_name_or_path="tiny-bert")
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["use_dora"] is True
-    peft_model = PeftModel.from_pretrained(make_tiny_bert(), tmp_path).eval()
-    back = make_tiny_bert()
-    import_peft(back, tmp_path)
-    with torch.no_grad():
-        expected = hidden(model.eval(), batch)
-        torch.testing.assert_close(hidden(peft_model, batch), expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(hidden(back.eval(), batch), expected, atol=1e-6, rtol=1e-6)
-
-
 # --- LoRA+ ----------------------------------------------------------------------------------
 
 
 def test_lora_plus_puts_every_b_factor_in_its_own_group_at_ratio_times_lr():
     model = make_tiny_bert()
-    inject_lora(model, DEFAULT_TARGETS, rank=2)
+    inject_lora(model, DEFAULT_TARGETS, rank=2, alpha=ALPHA)
     [group] = lora_plus_groups(model, lr=1e-3, ratio=16.0, weight_decay=0.01)
     assert group["lr"] == pytest.approx(1.6e-2) and group["weight_decay"] == 0.01
     bs = [layer.lora_B for layer in lora_layers(model).values()]

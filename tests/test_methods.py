@@ -20,14 +20,13 @@ import torch
 from conftest import write_corpus
 
 import config
-import config_check
 import methods
 import model
 import predict
-import sweep
 import train
-from files import load_json, run_dir, source_dirs
-from fingerprint import digest
+from comparison.fingerprint import digest, run_inputs
+from runs import config_files
+from runs.folders import load_json, run_dir, source_dirs
 
 LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
 CASES = [(name, i) for name, method in methods.METHODS.items()
@@ -48,7 +47,7 @@ def bench(tmp_path_factory, tiny_encoder) -> dict:
     for method in methods.METHODS.values():
         if method.source_kind is not None:
             for suffix, seed in (("a", 1), ("b", 2)):
-                source = config_check.make_config(
+                source = config_files.make_config(
                     {**shared, **method.variants[0], "name": f"{method.name}-{suffix}",
                      "method": method.name, "epochs": 1, "lr": 1e-2, "seed": seed}, "source")
                 train.train(source)
@@ -60,7 +59,7 @@ def bench(tmp_path_factory, tiny_encoder) -> dict:
 def case_config(bench: dict, name: str, variant: int, **more) -> config.Config:
     values = {**bench, **methods.METHODS[name].variants[variant], "method": name,
               "name": f"{name}-{variant}", **more}
-    return config_check.make_config(values, "test")
+    return config_files.make_config(values, "test")
 
 
 def built(cfg: config.Config, tiny_encoder: Path) -> tuple[model.Tagger, torch.nn.Module]:
@@ -86,8 +85,7 @@ def test_every_method_is_declared_whole():
         assert all(key in config.Config.__dataclass_fields__ for key in method.keys)
         for key in method.keys:
             assert owners.setdefault(key, method.name) == method.name, f"{key}: two owners"
-        for name in method.files:
-            assert (Path(methods.__file__).parent / name).is_file(), name
+        assert set(method.choices) <= set(method.keys)
         assert (method.export is None) == (method.export_folder == "")
         assert (method.sources_key is None) or method.sources_key in method.keys
 
@@ -190,8 +188,8 @@ def test_gradient_checkpointing_changes_nothing_but_memory(bench, tiny_encoder, 
 
 def other_value(key: str, value):
     """A valid value of `key` other than `value`."""
-    if key in config.CHOICES:
-        return next(v for v in config.CHOICES[key] if v != value)
+    if key in config_files.ALL_CHOICES:
+        return next(v for v in config_files.ALL_CHOICES[key] if v != value)
     if isinstance(value, bool):
         return not value
     if key in ("fusion_weights",):
@@ -209,7 +207,7 @@ def other_value(key: str, value):
 
 def fingerprint(cfg: config.Config) -> str:
     paths = {split: Path(cfg.dataset) / f"{split}.tsv" for split in ("train", "devel", "test")}
-    return digest(sweep.run_inputs(cfg, paths, ["x", "y"]))
+    return digest(run_inputs(cfg, paths, ["x", "y"]))
 
 
 @pytest.mark.parametrize("name", list(methods.METHODS))

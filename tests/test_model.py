@@ -12,16 +12,16 @@ from conftest import make_tiny_bert
 from safetensors.torch import load_file
 
 import config
-import config_check
 import model
 from crf import CRF
-from files import run_dir, save_weights_atomic, source_dirs
+from runs import config_files
+from runs.folders import run_dir, save_weights_atomic, source_dirs
 
 LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
 
 
 def make_cfg(**values) -> config.Config:
-    return config_check.make_config({"gpu": -1, "dropout": 0.0, **values}, "test")
+    return config_files.make_config({"gpu": -1, "dropout": 0.0, **values}, "test")
 
 
 # ------------------------------------------------------------------ the tagger

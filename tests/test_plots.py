@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import plots
+from comparison import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -78,9 +78,9 @@ def test_curve_summary_of_seeds_of_different_lengths():
 
 
 def test_importing_plots_does_not_import_matplotlib():
-    code = "import sys, plots; print('matplotlib' in sys.modules)"
+    code = "import sys; from comparison import plots; print('matplotlib' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           cwd=Path(plots.__file__).parent, check=True).stdout.strip()
+                           cwd=Path(plots.__file__).parent.parent, check=True).stdout.strip()
     assert found == "False"
 
 

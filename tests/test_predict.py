@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import CHEMICALS, make_sentences, write_corpus, write_iob
 
-import config_check
 import data
 import predict
-import text
 import train
+from corpora import iob, schemes, text
+from runs import config_files
 
 # experiment name → what differs from the shared tiny config. The fusions fuse the two LoRA
 # runs above them (same sweep, same seed), found by name as compare.py would.
@@ -38,14 +38,14 @@ def runs(tmp_path_factory, tiny_encoder) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("predict")
     corpus = write_corpus(root / "corpus", sizes=(32, 8, 8))
     long = make_sentences(2, seed=3, min_words=30, max_words=40)
-    short = [(s.tokens, s.tags) for s in data.read_iob(corpus / "test.tsv")]
+    short = [(s.tokens, s.tags) for s in iob.read_iob(corpus / "test.tsv")]
     write_iob(corpus / "test.tsv", short[:4] + long[:1] + short[4:] + long[1:])
     shared = {"model": str(tiny_encoder), "dataset": str(corpus), "gpu": -1, "epochs": 1,
               "lr": 3e-3, "batch_size": 8, "eval_batch_size": 3, "max_length": 32,
               "output_dir": str(root / "out"), "log_every": 100}
     folders = {}
     for name, overrides in METHODS.items():
-        cfg = config_check.make_config({**shared, "name": name, **overrides}, "test")
+        cfg = config_files.make_config({**shared, "name": name, **overrides}, "test")
         train.train(cfg)
         folders[name] = root / "out" / name / "seed42"
     return folders
@@ -110,7 +110,7 @@ def test_plain_text_to_stdout(runs, tmp_path, capsys):
 def test_a_sentence_longer_than_the_encoder_is_windowed(runs):
     tagger = predict.load_run(runs["lora"])
     words = (CHEMICALS * 20)[:90]  # several pieces each: far beyond 64 positions
-    pieces = data.tokenize_sentences([data.Sentence(words, ["O"] * 90)], tagger.tokenizer,
+    pieces = data.tokenize_sentences([iob.Sentence(words, ["O"] * 90)], tagger.tokenizer,
                                      tagger.labels)
     windows = data.make_windows(pieces, tagger.max_length, 0, 0)
     assert sum(len(p) for p in pieces[0].pieces) > 64 and len(windows) > 2
@@ -233,7 +233,7 @@ def test_tag_text_gives_the_entities_of_tagging_its_sentences_with_exact_offsets
     assert [[t.text for t in s] for s in text.sentences(document)] == sentences
     spans = tagger.tag_text(document)
     expected = [(kind, s[first:end]) for s, tags in zip(sentences, tagger.tag(sentences))
-                for first, end, kind in data.mention_spans(tags)]
+                for first, end, kind in schemes.mention_spans(tags)]
     assert spans and [(s.type, [t.text for t in text.tokenize(s.text)]) for s in spans] == \
         expected
     assert all(document[s.start:s.end] == s.text for s in spans)

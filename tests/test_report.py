@@ -11,8 +11,8 @@ from test_sweep import table, write_sweep
 
 import compare
 import config
-import config_check
-import report
+from comparison import report
+from runs import config_files
 
 
 def test_sweep_writes_table_and_files_then_resumes(tmp_path, tiny_encoder, tiny_corpus, capsys):
@@ -67,7 +67,7 @@ def test_baseline_delta_is_zero_for_itself_and_paired_for_others(tmp_path, tiny_
 
 
 def test_grid_marks_the_best_devel_combination_and_never_uses_test(tmp_path):
-    configs = [config_check.make_config({"name": f"lora[lr={lr}]", "grid": {"lr": [1e-3, 2e-3]},
+    configs = [config_files.make_config({"name": f"lora[lr={lr}]", "grid": {"lr": [1e-3, 2e-3]},
                                          "lr": lr}) for lr in (0.001, 0.002)]
 
     def run(name, devel, test):
@@ -164,7 +164,7 @@ def test_each_config_writes_to_its_own_folder_and_a_sweep_refuses_anothers(
     text = f"model: {tiny_encoder}\ndataset: {tiny_corpus}\ngpu: -1\nepochs: 1\nrepeats: 1\n"
     (tmp_path / "first.yml").write_text(text + "experiments:\n  - {name: a}\n")
     (tmp_path / "second.yml").write_text(text + "experiments:\n  - {name: a, lr: 2e-3}\n")
-    [cfg] = config_check.experiment_configs(tmp_path / "first.yml")
+    [cfg] = config_files.experiment_configs(tmp_path / "first.yml")
     assert cfg.output_dir == "outputs/first"  # a config that names no folder gets its own
     assert compare.main([str(tmp_path / "first.yml")]) == 0
     assert compare.main([str(tmp_path / "second.yml"), "--output_dir=outputs/first"]) == 2

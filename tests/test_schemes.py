@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-import schemes
+from corpora import schemes
 
 
 def test_docstring_examples():

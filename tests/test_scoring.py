@@ -7,7 +7,7 @@ import pytest
 from conftest import TAGS, noisy_copy, random_tags
 from seqeval.metrics import classification_report, f1_score
 
-import scoring
+from runs import scoring
 
 
 @pytest.mark.parametrize("seed", range(5))

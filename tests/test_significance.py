@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import assert_error_names_line, noisy_copy, random_tags
 
-import data
-import significance
 import train
-from scoring import sentence_counts
+from comparison import significance
+from corpora import iob
+from runs.scoring import sentence_counts
 
 # ------------------------------------------------------------------ reading
 
@@ -18,7 +18,7 @@ from scoring import sentence_counts
 def test_reads_what_train_writes(tmp_path):
     gold = random_tags(20, seed=0)
     predicted = noisy_copy(gold, 0.3, seed=1)
-    split = [data.Sentence([f"w{i}" for i in range(len(g))], g) for g in gold]
+    split = [iob.Sentence([f"w{i}" for i in range(len(g))], g) for g in gold]
     path = tmp_path / "predictions.txt"
     path.write_text(train.predictions_text(split, predicted), encoding="utf-8")
     assert significance.read_predictions(path) == (gold, predicted)

@@ -7,7 +7,7 @@ import sys
 from test_sweep import FUSION, f1s, table, write_sweep
 
 import compare
-import slurm
+from comparison import slurm
 
 
 def test_shards_through_submitit_give_the_unsharded_table(tmp_path, tiny_encoder, tiny_corpus,

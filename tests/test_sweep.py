@@ -20,11 +20,11 @@ from conftest import save_tiny_encoder, write_corpus
 
 import compare
 import config
-import config_check
-import preflight
-import sweep
+from comparison import fingerprint, preflight, runner, sweep
+from runs import config_files, folders
 
 ROOT = Path(compare.__file__).parent
+real_child = runner.child  # what a run's process runs, kept before a test replaces it
 
 
 def write_sweep(tmp_path, encoder, corpus, experiments: str, top: str = "") -> Path:
@@ -44,7 +44,7 @@ def f1s(rows: list[dict]) -> dict[str, str]:
 
 
 def planned(path) -> list[sweep.Run]:
-    configs = config_check.experiment_configs(path)
+    configs = config_files.experiment_configs(path)
     _, paths = preflight.check_inputs(configs)
     return sweep.plan(configs, lambda cfg: paths[cfg.dataset, cfg.data_dir])
 
@@ -117,18 +117,18 @@ def test_changing_a_fusion_source_trains_it_and_the_fusion_only(tmp_path, tiny_e
 # ------------------------------------------------------------------ failures
 
 
-def crashing_child(cfg_values, fingerprint, inputs, threads, log_path):
+def crashing_child(cfg_values, run_fingerprint, inputs, threads, log_path):
     """A run body that dies without a word for experiment `dies`, else the real one."""
     if cfg_values["name"] == "dies":
         os._exit(1)
     if cfg_values["name"] == "segfaults":
         os.kill(os.getpid(), signal.SIGSEGV)
-    sweep.child(cfg_values, fingerprint, inputs, threads, log_path)
+    real_child(cfg_values, run_fingerprint, inputs, threads, log_path)
 
 
 def test_failed_runs_are_recorded_with_their_reason_and_the_sweep_goes_on(
         tmp_path, tiny_encoder, tiny_corpus, monkeypatch, capsys):
-    monkeypatch.setattr(sweep, "child", crashing_child)
+    monkeypatch.setattr(runner, "child", crashing_child)
     path = write_sweep(tmp_path, tiny_encoder, tiny_corpus,
                        "  - {name: good}\n"
                        "  - {name: raises, method: lora, targets: [no_such_linear]}\n"
@@ -143,7 +143,7 @@ def test_failed_runs_are_recorded_with_their_reason_and_the_sweep_goes_on(
     assert "killed by signal SIGSEGV" in rows["segfaults"]["failed"]
     assert "failed: raises seed 3: ValueError" in (tmp_path / "out" / "summary.md").read_text()
     # A rerun retries the failed runs only.
-    monkeypatch.setattr(sweep, "child", sweep.child)
+    monkeypatch.setattr(runner, "child", real_child)
     capsys.readouterr()
     assert compare.main([str(path), "--dry-run"]) == 0
     statuses = capsys.readouterr().out
@@ -223,9 +223,9 @@ def instant_child(cfg_values, fingerprint, inputs, threads, log_path):
     """A run body that records success at once, after 2 s for experiment `slow`."""
     if cfg_values["name"] == "slow":
         time.sleep(2)
-    cfg = config_check.make_config(cfg_values, "test")
+    cfg = config_files.make_config(cfg_values, "test")
     sweep.write_record(sweep.Run(cfg, fingerprint), "ok")
-    (sweep.run_dir(cfg) / "metrics.json").write_text("{}")
+    (folders.run_dir(cfg) / "metrics.json").write_text("{}")
 
 
 def test_a_freed_slot_is_refilled_before_the_finished_run_is_reported(tmp_path):
@@ -238,14 +238,14 @@ def test_a_freed_slot_is_refilled_before_the_finished_run_is_reported(tmp_path):
         assert record["status"] == "ok"
         alive_when_reported[run.cfg.name] = [p.name for p in multiprocessing.active_children()]
 
-    assert sweep.execute(runs, parallel=1, on_finish=on_finish, target=instant_child) == []
+    assert runner.execute(runs, parallel=1, on_finish=on_finish, target=instant_child) == []
     assert alive_when_reported == {"quick": ["slow seed 42"], "slow": []}
 
 
 def test_cpu_threads_and_device_slots():
-    assert sweep.cpu_threads(1) >= sweep.cpu_threads(2) >= 1
-    assert sweep.device_slots(config.Config(gpu=-1), 3) == [-1, -1, -1]
-    assert sweep.device_slots(config.Config(gpu=[0, 1]), 3) == [0, 1, 0]
+    assert runner.cpu_threads(1) >= runner.cpu_threads(2) >= 1
+    assert runner.device_slots(config.Config(gpu=[-1]), 3) == [-1, -1, -1]
+    assert runner.device_slots(config.Config(gpu=[0, 1]), 3) == [0, 1, 0]
 
 
 # ------------------------------------------------------------------ shards, report, dry run
@@ -341,10 +341,12 @@ def code_copy(tmp_path, monkeypatch) -> Path:
     """The project's Python files copied aside, and the sweep's fingerprints taken from the
     copy, so a test can edit "the code" without touching the checkout."""
     folder = tmp_path / "code"
-    folder.mkdir()
-    for source in ROOT.glob("*.py"):
-        (folder / source.name).write_text(source.read_text())
-    monkeypatch.setattr(sweep, "ROOT", folder)
+    for source in ROOT.rglob("*.py"):
+        relative = source.relative_to(ROOT)
+        if relative.parts[0] not in (".venv", "tests", "bench"):
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_text(source.read_text())
+    monkeypatch.setattr(fingerprint, "ROOT", folder)
     return folder
 
 
@@ -413,7 +415,7 @@ def test_a_key_at_its_neutral_value_stays_out_of_the_fingerprint(tmp_path, tiny_
     path = write_sweep(tmp_path, tiny_encoder, tiny_corpus, "  - {name: a}\n")
     [run] = planned(path)
     assert "dropout" in run.inputs["config"]
-    monkeypatch.setattr(sweep, "NEUTRAL_VALUES", {"dropout": 0.1})
+    monkeypatch.setattr(fingerprint, "NEUTRAL_VALUES", {"dropout": 0.1})
     [neutral] = planned(path)
     assert "dropout" not in neutral.inputs["config"]
     path.write_text(path.read_text().replace("repeats: 1", "repeats: 1\ndropout: 0.2"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import text
+from corpora import text
 
 
 @pytest.mark.parametrize("raw, tokens", [

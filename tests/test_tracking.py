@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-import tracking
+from runs import tracking
 
 CONFIG = {"name": "lora", "seed": 42, "targets": ["query", "value"], "aug": None}
 FINAL = {"test": {"f1": 0.8, "precision": 0.75, "per_type": {"Chemical": {"f1": 0.9}}},
@@ -19,14 +19,14 @@ FINAL = {"test": {"f1": 0.8, "precision": 0.75, "per_type": {"Chemical": {"f1": 
 
 
 def test_none_does_nothing_and_imports_nothing(tmp_path):
-    code = ("import sys, tracking; from pathlib import Path\n"
+    code = ("import sys; from runs import tracking; from pathlib import Path\n"
             "t = tracking.open_tracker('none', 'p', 'r', {}, Path(sys.argv[1]))\n"
             "t.log({'loss': 1.0}, 1); t.summary({'f1': 1.0}); t.close()\n"
             "print(sorted(m for m in ('wandb', 'torch', 'torch.utils.tensorboard')"
             " if m in sys.modules))")
     found = subprocess.run([sys.executable, "-c", code, str(tmp_path / "logs")],
                            capture_output=True, text=True, check=True,
-                           cwd=Path(tracking.__file__).parent).stdout.strip()
+                           cwd=Path(tracking.__file__).parent.parent).stdout.strip()
     assert found == "[]"
     assert not (tmp_path / "logs").exists()  # the no-op tracker writes nothing either
 

@@ -14,14 +14,15 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import config
-import config_check
 import data
 import inference
 import lora
 import methods
 import model
 import train
-from files import run_dir
+from corpora import iob
+from runs import config_files
+from runs.folders import run_dir
 
 # ------------------------------------------------------------------ optimisation
 
@@ -66,7 +67,7 @@ def test_no_weight_decay_on_biases_and_layer_norms(capsys):
 
 
 def test_param_groups_leave_frozen_weights_out():
-    cfg = config_check.make_config({"method": "lora", "rank": 2, "targets": ["query"]})
+    cfg = config_files.make_config({"method": "lora", "rank": 2, "targets": ["query"]})
     tagger = model.build_tagger(cfg, ["O", "B-X", "I-X"], make_tiny_bert())[0]
     groups = train.param_groups(tagger, cfg)
     assert [g["name"] for g in groups] == ["decayed (matrices)",
@@ -105,7 +106,7 @@ def tiny_config(tmp_path, encoder, corpus, **overrides) -> config.Config:
     values = {"model": str(encoder), "dataset": str(corpus), "gpu": -1, "epochs": 2, "lr": 3e-3,
               "batch_size": 8, "output_dir": str(tmp_path / "out"), "warmup_ratio": 0.0,
               "dropout": 0.0, "lr_scheduler_type": "constant", "log_every": 2}
-    return config_check.make_config({**values, **overrides}, "test")
+    return config_files.make_config({**values, **overrides}, "test")
 
 
 def test_tiny_model_overfits_a_tiny_corpus(tmp_path, tiny_encoder):
@@ -142,7 +143,7 @@ def test_run_writes_config_metrics_log_predictions_and_weights(tmp_path, tiny_en
     assert [e["epoch"] for e in log if "devel_f1" in e] == [0, 1]
     assert any("loss" in e for e in log)
     blocks = (folder / "predictions.txt").read_text().strip().split("\n\n")
-    gold = data.read_iob(tiny_corpus / "test.tsv")
+    gold = iob.read_iob(tiny_corpus / "test.tsv")
     assert len(blocks) == len(gold)
     assert [line.split()[:2] for line in blocks[0].splitlines()] == \
         [[t, g] for t, g in zip(gold[0].tokens, gold[0].tags)]
@@ -413,9 +414,9 @@ def test_a_failed_run_closes_its_tracker_and_its_log(tmp_path, tiny_encoder, tin
     monkeypatch.setattr(train.tracking, "open_tracker", lambda *args: Recorder())
     real_run = train.run
 
-    def failing_run(cfg, out, tracker, log):
+    def failing_run(cfg, out, tracker, log, token_cache):
         logs.append(log)
-        real_run(cfg, out, tracker, log)
+        real_run(cfg, out, tracker, log, token_cache)
         raise RuntimeError("after training")
 
     monkeypatch.setattr(train, "run", failing_run)
@@ -455,10 +456,10 @@ def test_a_loss_that_stops_being_finite_stops_the_run_naming_step_epoch_and_last
 
 def test_asking_for_cuda_without_it_is_said_once(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    configs = [config.Config(gpu=0), config.Config(gpu=0), config.Config(gpu=-1)]
+    configs = [config.Config(gpu=[0]), config.Config(gpu=[0]), config.Config(gpu=[-1])]
     notice = train.device_notice(configs)
     assert notice == ("notice: gpu: 0 asks for CUDA, which this machine lacks: running on the "
                       "CPU (gpu: -1 says so on purpose)")
-    assert train.device_notice([config.Config(gpu=-1)]) is None
+    assert train.device_notice([config.Config(gpu=[-1])]) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert train.device_notice(configs) is None

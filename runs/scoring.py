@@ -4,7 +4,7 @@ An entity is seqeval's (type, first word, last word) in its default (conlleval-s
 an I-X after O or after another type starts an entity. A predicted entity is right when the
 gold sentence holds the same triple. Micro scores sum the counts over sentences and types.
 
-Only BIO tags (`O`, `B-X`, `I-X`) are scored, the only ones the reader hands on (data.py
+Only BIO tags (`O`, `B-X`, `I-X`) are scored, the only ones the reader hands on (corpora/iob.py
 converts IOB1 and IOBES corpora to BIO): any other tag is a ValueError naming it. For such tags
 seqeval itself joins the sentences and lets an entity run across a sentence break, which
 counting sentence by sentence would not reproduce, so the equality with seqeval is claimed, and
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from seqeval.metrics.sequence_labeling import get_entities
 
-from data import check_tag
+from corpora.schemes import check_tag
 
 
 def _sentence_entities(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]):

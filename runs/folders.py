@@ -2,19 +2,20 @@
 
 A run's folder is `<output_dir>/<experiment>/seed<seed>/`; the experiments of one sweep sit side
 by side, so a fusion finds a source experiment's run at its own seed next to its own folder
-(`source_dirs`). Only this file and sweep.py know that layout. A run folder holds `config.json`,
-`labels.json`, `log.jsonl`, `predictions.txt`, `weights.safetensors`, `metrics.json` (written
-last by the run) and, in a sweep, `record.json` (written by the sweep after the run).
+(`source_dirs`). A run folder holds `config.json`, `labels.json`, `log.jsonl`, `predictions.txt`,
+`weights.safetensors`, what its method exports (`peft/`), `metrics.json` (written last by the
+run) and, in a sweep, `record.json` (written by the sweep's runner after the run).
 
-Writes go to a temporary file named after this process, then `os.replace` it into place: a crash
-never leaves half a file, and two processes writing the same file (sweep shards sharing an output
-folder) never mix their bytes.
+Writes go to a temporary file (or folder) named after this process, then `os.replace` it into
+place: a crash never leaves half a file, and two processes writing the same file (sweep shards
+sharing an output folder) never mix their bytes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,6 @@ from safetensors.torch import save_file
 
 RECORD = "record.json"  # the sweep's word on a run: fingerprint, status, reason
 METRICS = "metrics.json"  # the run's own last file: its presence says the run finished
-# A PEFT adapter folder, as `PeftModel.save_pretrained` writes it and `from_pretrained` reads it
-PEFT_CONFIG = "adapter_config.json"
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."  # of every tensor name: PEFT's wrapper around the model
 
 
 def run_dir(cfg) -> Path:
@@ -74,13 +71,21 @@ def save_weights_atomic(path: Path, state: dict[str, torch.Tensor], metadata: di
     os.replace(temporary, path)
 
 
-def write_peft_folder(folder: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """A PEFT adapter folder: `config` as adapter_config.json, `tensors` (named without the
-    PEFT_PREFIX) as adapter_model.safetensors."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_file({PEFT_PREFIX + name: t.detach().contiguous() for name, t in tensors.items()},
-              str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
+def write_folder_atomic(folder: Path, files: dict[str, bytes]) -> None:
+    """A folder of `files` ({name: content}) in place of `folder`, whole or not at all: written
+    beside it under a temporary name, then renamed. A folder already there is replaced (it is
+    renamed aside first, since a rename cannot replace a folder that holds files)."""
+    temporary = _temporary(folder)
+    shutil.rmtree(temporary, ignore_errors=True)  # left by a crash of a process of this id
+    temporary.mkdir()
+    for name, payload in files.items():
+        (temporary / name).write_bytes(payload)
+    old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(temporary, folder)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def read_json(path: Path) -> dict | None:

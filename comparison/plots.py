@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from files import write_bytes_atomic
+from runs.folders import write_bytes_atomic
 
 
 def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[float]]]

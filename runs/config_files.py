@@ -25,9 +25,15 @@ from pathlib import Path
 
 import yaml
 
+import crf
 import inject
 from config import CHOICES, SWEEP_KEYS, AugConfig, Config, ConfigError, SweepSettings
-from methods import KEY_OWNERS, METHODS
+from methods import KEY_OWNERS, METHOD_CHOICES, METHODS
+
+# Every string key with closed choices: the run's own (config.py), the CRF's algorithms (crf.py)
+# and the methods' (methods.py).
+ALL_CHOICES = {"method": tuple(METHODS), **CHOICES, "crf_algorithm": ("auto", *crf.ALGORITHMS),
+               **METHOD_CHOICES}
 
 # ---------------------------------------------------------------------------------------------
 # Types
@@ -54,7 +60,7 @@ def coerce(value, kind, key: str):
                 continue
         fail()
     if origin is list:
-        if isinstance(value, str) and args[0] is str:  # `targets: all-linear`: a one-item list
+        if not isinstance(value, (list, dict)):  # `targets: all-linear`, `gpu: 0`: one item
             value = [value]
         if not isinstance(value, list):
             fail()
@@ -100,7 +106,7 @@ def value_problems(cfg: Config) -> list[tuple[str, str]]:
         if not ok:
             problems.append((key, f"key {key!r} must be {expected}, found {getattr(cfg, key)!r}"))
 
-    for key, allowed in {"method": tuple(METHODS), **CHOICES}.items():
+    for key, allowed in ALL_CHOICES.items():
         need(getattr(cfg, key) in allowed, key, f"one of {list(allowed)}")
     for key in ("epochs", "batch_size", "eval_batch_size", "repeats", "log_every", "rank",
                 "fusion_dim", "reduction"):
@@ -113,8 +119,7 @@ def value_problems(cfg: Config) -> list[tuple[str, str]]:
         need(0 <= getattr(cfg, key) < 1, key, "in [0, 1)")
     need(cfg.max_length >= 8, "max_length", ">= 8")
     need(bool(cfg.targets), "targets", "a non-empty list of linear names")
-    gpus = cfg.gpu if isinstance(cfg.gpu, list) else [cfg.gpu]
-    need(bool(gpus) and all(g >= -1 for g in gpus), "gpu", "-1, a device index or a list")
+    need(bool(cfg.gpu) and all(g >= -1 for g in cfg.gpu), "gpu", "-1, a device index or a list")
     if cfg.aug is not None and not (0.0 <= cfg.aug.p <= 1.0 and cfg.aug.copies >= 0):
         problems.append(("aug", f"aug needs 0 <= p <= 1 and copies >= 0, found {cfg.aug}"))
     if KEY_OWNERS["adapters"] == cfg.method:  # a fusion: its sources, and a weight for each
@@ -198,6 +203,16 @@ def read_yaml(path: str | Path) -> tuple[dict, dict]:
 def grid_name(name: str, point: dict) -> str:
     """`lora[lr=0.001,rank=8]`: the experiment name of one grid combination."""
     return f"{name}[{','.join(f'{k}={v}' for k, v in point.items())}]"
+
+
+def grid_groups(configs: list[Config]) -> dict[str, list[str]]:
+    """Experiments expanded from one gridded block, by the block's name (as `grid_name` gave
+    them theirs)."""
+    groups: dict[str, list[str]] = {}
+    for cfg in configs:
+        if cfg.grid:
+            groups.setdefault(cfg.name.split("[", 1)[0], []).append(cfg.name)
+    return groups
 
 
 def expand_grid(block: dict) -> list[dict]:
@@ -354,10 +369,8 @@ def _keys_help(cls) -> str:
             key = field.group(1)
             beside = stripped.split("  # ", 1)[1] if "  # " in stripped else ""
             why = " ".join(above + ([beside] if beside else []))
-            if key in CHOICES:
-                why += f" (one of: {', '.join(CHOICES[key])})"
-            if key == "method":
-                why += f" (one of: {', '.join(METHODS)})"
+            if key in ALL_CHOICES:
+                why += f" (one of: {', '.join(ALL_CHOICES[key])})"
             text.append(textwrap.fill(f"{key} (default {defaults[key]!r}): {why}", width=100,
                                       initial_indent="  ", subsequent_indent="      "))
             above = []

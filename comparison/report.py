@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import config
-import scoring
-import significance
-import sweep
-from files import run_dir, write_atomic
+from comparison import significance, sweep
+from runs import scoring
+from runs.config_files import grid_groups
+from runs.folders import run_dir, write_atomic
 
 # ---------------------------------------------------------------------------------------------
 # Rows
@@ -36,15 +36,6 @@ from files import run_dir, write_atomic
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean, and the sample std (None for one value: there is no spread to report)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def grid_groups(configs: list[config.Config]) -> dict[str, list[str]]:
-    """Experiments expanded from one gridded block, by the block's name."""
-    groups: dict[str, list[str]] = {}
-    for cfg in configs:
-        if cfg.grid:
-            groups.setdefault(cfg.name.split("[", 1)[0], []).append(cfg.name)
-    return groups
 
 
 @functools.cache
@@ -312,7 +303,7 @@ def write_summary(configs, runs, settings) -> list[dict]:
     write_atomic(output_dir / "results.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
     plots = []
     if finished:
-        import plots as plotting
+        from comparison import plots as plotting
 
         curves = {name: [r["devel_f1_per_epoch"] for r in sorted(rs, key=lambda r: r["seed"])]
                   for name, rs in finished.items()}

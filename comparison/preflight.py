@@ -9,7 +9,7 @@ Offline or unreachable, the one line says where the cache is and how to give a l
 Each problem is one line naming the experiment and what was wrong (a corpus line as
 `file:line`); compare.py and slurm.py print them together and stop with status 2 before
 anything trains or is written. The experiments' configs themselves are checked as they are read
-(config_check.py).
+(runs/config_files.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import tracking
 from config import Config, ConfigError
-from files import read_saved_run
 from methods import METHODS, sources_of
+from runs import tracking
+from runs.folders import read_saved_run
 
 
 def check_inputs(configs: list[Config]) -> tuple[list[str], dict]:
@@ -100,11 +100,10 @@ def encoder_problem(name: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def source_problem(source: Config, cfg: Config) -> str | None:
-    """Why the sweep experiment `source` cannot feed the experiment `cfg` built from it, or
-    None."""
-    if METHODS[source.method].source_kind is None:
-        return f"method {source.method!r} makes no adapter to fuse"
+def seeds_problem(source: Config, cfg: Config) -> str | None:
+    """Why the sweep experiment `source` has too few seeds for the experiment `cfg` built from
+    it (one source run per seed of the fusion), or None. Whether its adapters can be fused at
+    all is the method's own check (`check_sources`)."""
     needed = set(range(cfg.seed, cfg.seed + cfg.repeats))
     have = set(range(source.seed, source.seed + source.repeats))
     if not needed <= have:
@@ -113,7 +112,9 @@ def source_problem(source: Config, cfg: Config) -> str | None:
 
 
 def fusion_problems(configs: list[Config]) -> list[str]:
-    """Every fusion experiment's sources checked before anything trains: one line each."""
+    """Every fusion experiment's sources checked before anything trains, one line each: that
+    each exists (an experiment of the sweep with the seeds needed, or a run folder) and, by the
+    method's own checker, that the fusion can take them."""
     by_name = {c.name: c for c in configs}
     problems = []
     for cfg in configs:
@@ -123,7 +124,7 @@ def fusion_problems(configs: list[Config]) -> list[str]:
         sources = []  # (kind, config values) of each source that could be read
         for name in sources_of(cfg):
             if name in by_name:
-                problem = source_problem(by_name[name], cfg)
+                problem = seeds_problem(by_name[name], cfg)
                 if problem:
                     problems.append(f"experiment {cfg.name!r}: source {name!r}: {problem}")
                 else:

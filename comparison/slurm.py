@@ -1,13 +1,14 @@
 """Run a sweep's shards as a Slurm job array, through submitit (optional: pip install submitit).
 
-    python slurm.py CONFIG.yml --shards=N [--partition=P] [--timeout_min=M] [--gpus_per_node=G]
-                    [--cpus_per_task=C] [--mem_gb=M] [--cluster=slurm|local|debug]
-                    [compare.py flags and --key=value overrides]
+    python -m comparison.slurm CONFIG.yml --shards=N [--partition=P] [--timeout_min=M]
+        [--gpus_per_node=G] [--cpus_per_task=C] [--mem_gb=M] [--cluster=slurm|local|debug]
+        [compare.py flags and --key=value overrides]
 
-The sweep is checked first, as compare.py checks it (every problem one line, exit 2, nothing
-submitted). Then one array task per shard runs `compare.py CONFIG.yml --shard=K/N ...` into
-the shared output_dir, at most N at once; this process waits for them and builds the table from
-every record (`--report`). Exit status 1 if a shard or a run failed, else 0. Killing this
+It drives compare.py as a command, never as a module: first `compare.py CONFIG.yml --dry-run`
+checks the sweep (every problem one line, exit 2, nothing submitted) and shows the runs; then
+one array task per shard runs `compare.py CONFIG.yml --shard=K/N ...` into the shared
+output_dir, at most N at once; this process waits for them, and `compare.py --report` builds
+the table from every record. Exit status 1 if a shard or a run failed, else 0. Killing this
 process leaves the jobs running: rerun with `--report`, or rerun the whole command, which
 trains only what has no record. `--cluster=local` runs the shards as local processes, to try it
 without Slurm. Submission scripts and each task's log: <output_dir>/.slurm/.
@@ -18,13 +19,13 @@ The plain-sbatch equivalent, without submitit, is in README ("Clusters").
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
-import compare
-import config
+from runs.config_files import experiment_configs, parse_overrides
 
-ROOT = Path(__file__).resolve().parent
+COMPARE = Path(__file__).resolve().parent.parent / "compare.py"
 # Launcher flags and the type submitit wants for each (the rest goes to compare.py).
 LAUNCH_FLAGS = {"shards": int, "partition": str, "timeout_min": int, "gpus_per_node": int,
                 "cpus_per_task": int, "mem_gb": int, "cluster": str}
@@ -53,16 +54,22 @@ def split_launch_flags(args: list[str]) -> tuple[dict, list[str], list[str]]:
     return launch, rest, problems
 
 
+def compare(path: str, args: list[str], capture: bool = False) -> subprocess.CompletedProcess:
+    """`python compare.py PATH ARGS...` in this Python, from this working directory."""
+    return subprocess.run([sys.executable, str(COMPARE), path, *args], capture_output=capture,
+                          text=True, check=False)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("--"):
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     path = argv[0]
     launch, rest, problems = split_launch_flags(argv[1:])
-    try:
-        configs = compare.prepare([path, *rest])[0]
-    except config.ConfigError as error:
-        problems.append(str(error))
+    checked = compare(path, ["--dry-run", *[a for a in rest if not a.startswith(
+        ("--shard=", "--report"))]], capture=True)
+    if checked.returncode:
+        problems += checked.stderr.strip().splitlines()
     try:
         import submitit
     except ImportError:
@@ -70,37 +77,31 @@ def main(argv: list[str]) -> int:
     if problems:
         print("\n".join(problems), file=sys.stderr)
         return 2
+    print(checked.stdout, end="")
 
     shards = launch.pop("shards")
-    folder = Path(configs[0].output_dir) / ".slurm"
+    # compare.py resolves the output folder the same way: the config's, or --output_dir=...
+    overrides = parse_overrides([a for a in rest if a.startswith("--output_dir=")])
+    folder = Path(experiment_configs(path, overrides)[0].output_dir) / ".slurm"
     executor = submitit.AutoExecutor(folder=folder, cluster=launch.pop("cluster", None))
     partition = launch.pop("partition", None)
     executor.update_parameters(name=f"sweep-{Path(path).stem}", slurm_partition=partition,
                                slurm_array_parallelism=shards, **launch)
-    # The tasks import compare.py from here, whatever their working directory: they inherit
-    # the environment as it is at submission.
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), before]))
-    try:
-        jobs = executor.map_array(compare.main, [[path, f"--shard={k}/{shards}", *rest]
-                                                 for k in range(1, shards + 1)])
-    finally:
-        if before is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = before
+    command = submitit.helpers.CommandFunction([sys.executable, str(COMPARE), path, *rest],
+                                               cwd=os.getcwd())
+    jobs = executor.map_array(command, [f"--shard={k}/{shards}" for k in range(1, shards + 1)])
     print(f"submitted {shards} shards ({executor.cluster}, job {jobs[0].job_id}...); logs in "
           f"{folder}", flush=True)
-    statuses = []
+    failed = 0
     for k, job in enumerate(jobs, start=1):
         try:
-            statuses.append(job.result())
-        except Exception as error:  # noqa: BLE001 - a lost or crashed task: say which, go on
+            job.result()
+        except Exception as error:  # noqa: BLE001 - a failed run, lost or crashed task: go on
             print(f"shard {k}/{shards} (job {job.job_id}) failed ({type(error).__name__}); "
                   f"its log: {job.paths.stderr}", file=sys.stderr)
-            statuses.append(1)
-    report = compare.main([path, "--report", *rest])
-    return 1 if any(statuses) or report else 0
+            failed += 1
+    report = compare(path, ["--report", *rest]).returncode
+    return 1 if failed or report else 0
 
 
 if __name__ == "__main__":

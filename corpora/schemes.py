@@ -7,8 +7,9 @@ Corpora ship in several schemes. Each tags the words of an entity of type X:
     IOBES (BIOES)  B-X I-X E-X     S-X for a one-word entity; BILOU's U-X and L-X are read as
                                    S-X and E-X
 
-The reader (data.read_iob) converts a file to BIO as it reads it, so the labels, the model,
-the CRF's constraints, the table and predict.py only ever see BIO. `detect` names a file's
+The reader (iob.read_iob) converts a file to BIO as it reads it, so the labels, the model,
+the CRF's constraints, the table and predict.py only ever see BIO; `check_tag` says whether a
+tag is BIO, and `mention_spans` reads the entity mentions out of BIO tags. `detect` names a file's
 scheme from its tags: any S-, E-, U- or L- tag means IOBES; otherwise IOB1 when some entity
 starts with I-X and every B-X follows a tag of its own type; otherwise BIO.
 
@@ -72,3 +73,26 @@ def to_bio(tags: Sequence[str], scheme: str) -> list[str]:
         result.append("O" if prefix == "O" else f"{prefix}-{kind}")
         previous_kind = kind
     return result
+
+
+def check_tag(tag: str) -> bool:
+    """True for `O`, `B-X` and `I-X` with a non-empty type X: a BIO tag."""
+    return tag == "O" or (len(tag) > 2 and tag[:2] in ("B-", "I-"))
+
+
+def mention_spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
+    """(start, end, entity type) of every mention in BIO tags, end exclusive; an `I-X` that
+    follows no `X` starts a mention:
+
+        ["B-Chemical", "I-Chemical", "O", "I-Disease"] -> [(0, 2, "Chemical"), (3, 4, "Disease")]
+    """
+    spans = []
+    for i, tag in enumerate(tags):
+        if tag == "O":
+            continue
+        entity_type = tag[2:]
+        if tag.startswith("B-") or not spans or spans[-1][1] != i or spans[-1][2] != entity_type:
+            spans.append((i, i + 1, entity_type))
+        else:
+            spans[-1] = (spans[-1][0], i + 1, entity_type)
+    return spans

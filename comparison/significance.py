@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 from seqeval.metrics import f1_score
 
-from data import check_tag
-from scoring import micro_f1
+from corpora.schemes import check_tag
+from runs.scoring import micro_f1
 
 
 def read_predictions(path: str | Path) -> tuple[list[list[str]], list[list[str]]]:

@@ -1,0 +1,108 @@
+"""Where a corpus named in a config comes from: a folder, a data directory, or a download.
+
+`find_corpus(dataset, data_dir)` gives the paths of `{train,devel,test}.tsv`. `dataset` is a
+folder holding the three files, or a name looked up in the data directory (the config key
+`data_dir`, else $NER_DATA_DIR). Without a data directory, a corpus known by name is downloaded
+once from the public MTL-Bioinformatics-2016 repository (Crichton et al. 2017), with Python's
+own urllib, and cached under $XDG_CACHE_HOME (or ~/.cache)/ner-peft/corpora/<name>/.
+
+Left out: checksums of the downloaded files (the repository is not versioned by release).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+SPLITS = ("train", "devel", "test")
+# Public corpora known by name: folder of cambridgeltl/MTL-Bioinformatics-2016 on GitHub.
+KNOWN_CORPORA = {
+    "bc5cdr": "BC5CDR-IOB",
+    "bc5cdr_chem": "BC5CDR-chem-IOB",
+    "bc5cdr_disease": "BC5CDR-disease-IOB",
+    "ncbi_disease": "NCBI-disease-IOB",
+}
+SOURCE_URL = ("https://github.com/cambridgeltl/MTL-Bioinformatics-2016/raw/master/data/"
+              "{folder}/{split}.tsv")
+DATA_DIR_ENV = "NER_DATA_DIR"
+# Where downloaded corpora are kept: <cache>/ner-peft/corpora/<name>/<split>.tsv
+CACHE_ENV = "XDG_CACHE_HOME"
+
+
+
+def corpus_folders(data_dir: Path) -> list[str]:
+    """The corpora in a data directory: its folders that hold the three splits."""
+    if not data_dir.is_dir():
+        return []
+    return sorted(p.name for p in data_dir.iterdir()
+                  if all((p / f"{split}.tsv").is_file() for split in SPLITS))
+
+
+def find_corpus(dataset: str, data_dir: str | None) -> dict[str, Path]:
+    """Paths of the three splits of `dataset`.
+
+    `dataset` is a folder holding `{train,devel,test}.tsv`, or a corpus name looked up as
+    `<data_dir>/<dataset>/` (data_dir from the config, else $NER_DATA_DIR). Without a data
+    directory, a known corpus is downloaded from its public source and cached.
+    """
+    folder = Path(dataset).expanduser()
+    if not folder.is_dir():
+        data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+        if data_dir:
+            folder = Path(data_dir).expanduser() / dataset
+            if not folder.is_dir():
+                there = corpus_folders(Path(data_dir).expanduser())
+                raise FileNotFoundError(
+                    f"dataset {dataset!r}: no folder {folder} (data directory {data_dir!r} "
+                    f"from the config key 'data_dir' or ${DATA_DIR_ENV}; the corpora there: "
+                    f"{', '.join(there) or 'none'})"
+                )
+        elif dataset in KNOWN_CORPORA:
+            return download_corpus(dataset)
+        else:
+            raise FileNotFoundError(
+                f"dataset {dataset!r} is neither a folder nor a known corpus "
+                f"({', '.join(KNOWN_CORPORA)}), and no data directory is set"
+            )
+    paths = {split: folder / f"{split}.tsv" for split in SPLITS}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"dataset {dataset!r}: missing {', '.join(missing)}")
+    return paths
+
+
+def corpus_cache() -> Path:
+    """The folder downloaded corpora are kept in: $XDG_CACHE_HOME (or ~/.cache)/ner-peft."""
+    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache"
+    return Path(base) / "ner-peft" / "corpora"
+
+
+def download_corpus(dataset: str, timeout: float = 30.0) -> dict[str, Path]:
+    """A known corpus's three splits, downloaded once from its public source into
+    `corpus_cache()` (each file written whole, then renamed) and read from there after."""
+    folder = corpus_cache() / dataset
+    paths = {split: folder / f"{split}.tsv" for split in SPLITS}
+    for split, path in paths.items():
+        if path.is_file():
+            continue
+        url = SOURCE_URL.format(folder=KNOWN_CORPORA[dataset], split=split)
+        offline = (f"provide a folder <dir>/{dataset}/ holding train.tsv, devel.tsv and test.tsv "
+                   f"(two columns: token<TAB>tag) and set ${DATA_DIR_ENV}=<dir> or the config "
+                   f"key 'data_dir'")
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as error:  # the server answered: not the network
+            raise FileNotFoundError(f"dataset {dataset!r}: {url} answered HTTP {error.code} "
+                                    f"({error.reason}); or {offline}") from error
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise FileNotFoundError(f"dataset {dataset!r}: could not reach {url} ({reason}); "
+                                    f"without network, {offline}") from error
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        partial.write_bytes(payload)
+        os.replace(partial, path)
+    return paths

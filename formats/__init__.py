@@ -1,0 +1,5 @@
+"""The ecosystem's file formats, both directions: what a run exports for other tools, and what
+this project reads back from them.
+
+`peft.py` is PEFT's adapter folder (LoRA, DoRA, IA3).
+"""
