@@ -101,6 +101,14 @@ class Config:
     # attention
     adapter_kind: str = "pfeiffer"
     reduction: int = 16  # bottleneck width = hidden size / reduction (24 for MiniLM)
+    # --- Deep prefix tuning (method: prefix)
+    prefix_length: int = 16  # P trained key/value pairs at every layer (P-Tuning v2's for NER)
+    # 0: the prefixes are the trained parameters themselves (P-Tuning v2); > 0: an MLP of this
+    # width computes them from one shared embedding (Li & Liang's reparameterisation)
+    prefix_projection: int = 0
+    # --- Partial fine-tuning (method: partial)
+    # the top k encoder layers train whole; the embeddings and the layers below stay frozen
+    train_layers: int = 2
     # --- CRF head (any method)
     crf: bool = False  # a linear-chain CRF on the word emissions: NLL training, Viterbi decoding
     # learning rate of the CRF's transition, start and end scores: a CRF at an encoder's

@@ -26,11 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import adapters
-import bitfit
 import fusion
 import ia3
 import inject
 import lora
+import prefix
+import selective
 from formats import peft
 
 
@@ -59,8 +60,9 @@ class Method:
     # how it changes the encoder, in place, freezing what stays frozen: apply(encoder, cfg,
     # sources) -> a report merged into the run's metrics; None: nothing changes, all trains
     apply: Callable | None
-    # names of the encoder parameters it trains, as a regular expression (searched)
-    trainable: str
+    # names of the encoder parameters it trains, as a regular expression (searched), or a
+    # function of (cfg, Sizes) that gives it when it depends on the run's settings
+    trainable: str | Callable[..., str]
     # its trainable encoder parameters, as a formula of (cfg, Sizes, source configs)
     count: Callable[..., int]
     keys: tuple[str, ...] = ()  # config keys of its own
@@ -76,17 +78,50 @@ class Method:
     # kind, source config values), ...]) -> problems
     check_sources: Callable | None = None
     identity_at_init: bool = True  # the tagger computes what the bare encoder does at step 0
+    # the encoder positions it takes before the tokens (a prefix's): windows hold fewer subwords
+    reserved_positions: Callable[..., int] | None = None
     # settings the conformance suite runs it with: every preset a reader may choose
     variants: tuple[dict, ...] = ({},)
+
+    def trainable_pattern(self, cfg, sizes: Sizes) -> str:
+        """`trainable` for this run: the names of the encoder parameters that train."""
+        return self.trainable(cfg, sizes) if callable(self.trainable) else self.trainable
+
+
+def layer_count(sizes: Sizes) -> int:
+    """One BERT layer: four attention linears, the feed-forward pair and two LayerNorms."""
+    H, I = sizes.hidden, sizes.intermediate
+    return 4 * (H * H + H) + (H * I + I) + (I * H + H) + 2 * 2 * H
 
 
 def encoder_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
     """Every weight of a BERT encoder without pooler: embeddings (word, position, type,
-    LayerNorm), then per layer four attention linears, the feed-forward pair and two LayerNorms."""
-    H, I, L = sizes.hidden, sizes.intermediate, sizes.layers
-    embeddings = (sizes.vocab + sizes.positions + sizes.type_vocab) * H + 2 * H
-    layer = 4 * (H * H + H) + (H * I + I) + (I * H + H) + 2 * 2 * H
-    return embeddings + L * layer
+    LayerNorm), then L layers."""
+    embeddings = (sizes.vocab + sizes.positions + sizes.type_vocab) * sizes.hidden + \
+        2 * sizes.hidden
+    return embeddings + sizes.layers * layer_count(sizes)
+
+
+def partial_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """k whole layers."""
+    return cfg.train_layers * layer_count(sizes)
+
+
+def partial_trainable(cfg, sizes: Sizes) -> str:
+    """The parameters of the top `train_layers` layers: `encoder.layer.<L-k>.` ... `<L-1>.`."""
+    top = range(sizes.layers - cfg.train_layers, sizes.layers)
+    return rf"^encoder\.layer\.({'|'.join(map(str, top))})\."
+
+
+def layernorm_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """2 H (2 L + 1): the weight and bias of the embeddings' LayerNorm and of two per layer."""
+    return 2 * sizes.hidden * (2 * sizes.layers + 1)
+
+
+def prefix_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
+    """L 2 P H, or with a projection of width w the (P, H) embedding and the MLP (prefix.py)."""
+    return prefix.prefix_count(sizes.layers, sizes.hidden, cfg.prefix_length,
+                               cfg.prefix_projection)
 
 
 def lora_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
@@ -168,7 +203,28 @@ METHODS = {method.name: method for method in (
         name="bitfit", trains="every bias of the encoder (LayerNorm's too), and the head",
         # configs/peft_cpu.yml's devel choice (Ben Zaken et al. search 1e-4 to 1e-3 for
         # BERT-base at many steps)
-        default_lr=1e-2, apply=bitfit.apply, trainable=r"\.bias$", count=bitfit_count),
+        default_lr=1e-2, apply=selective.bitfit, trainable=r"\.bias$", count=bitfit_count),
+    Method(
+        name="layernorm", trains="every LayerNorm weight and bias of the encoder, and the head",
+        # BitFit's rate: not yet chosen on devel (configs/peft_cpu.yml grids it)
+        default_lr=1e-2, apply=selective.layernorm, trainable=r"(^|\.)LayerNorm\.",
+        count=layernorm_count),
+    Method(
+        name="partial", trains="the top train_layers encoder layers whole, and the head",
+        # full fine-tuning's rate: not yet chosen on devel (configs/peft_cpu.yml grids it)
+        default_lr=4e-4, apply=selective.partial, trainable=partial_trainable,
+        count=partial_count, keys=("train_layers",),
+        variants=({"train_layers": 1}, {"train_layers": 2})),
+    Method(
+        name="prefix", trains="key and value prefixes at every layer's self-attention (deep "
+                              "prefix tuning, P-Tuning v2), and the head",
+        # not yet chosen on devel (configs/peft_cpu.yml grids it); P-Tuning v2 tags at 5e-3 to
+        # 3e-2
+        default_lr=1e-2, apply=prefix.apply, trainable=r"\.prefixes\.", count=prefix_count,
+        keys=("prefix_length", "prefix_projection"),
+        identity_at_init=False,  # the prefixes start as N(0, 1) draws, as P-Tuning v2's
+        reserved_positions=lambda cfg: cfg.prefix_length,  # tokens sit after the prefix
+        variants=({}, {"prefix_projection": 16})),
     Method(
         name="fusion", trains="the fusion's weights or attention over frozen source adapters, "
                               "and a new head",

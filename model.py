@@ -81,6 +81,14 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def window_length(cfg: Config, encoder: nn.Module) -> int:
+    """Subwords per window: `max_length`, within the positions the encoder has for tokens (all
+    of them, less those a method takes before the tokens: a prefix's)."""
+    method = METHODS[cfg.method]
+    reserved = method.reserved_positions(cfg) if method.reserved_positions else 0
+    return min(cfg.max_length, encoder.config.max_position_embeddings - reserved)
+
+
 def load_encoder(name: str):
     """The encoder (without its pooler, which a tagger never uses) and its fast tokenizer."""
     from transformers import AutoModel, AutoTokenizer

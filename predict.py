@@ -43,7 +43,7 @@ from corpora.iob import Sentence, read_iob
 from corpora.schemes import mention_spans
 from inference import Batcher, autocast_dtype, predict_sentences
 from methods import sources_of
-from model import Tagger, build_tagger, load_encoder, load_weights_file
+from model import Tagger, build_tagger, load_encoder, load_weights_file, window_length
 from runs import scoring
 from runs.config_files import make_config
 from runs.folders import METRICS, load_json, source_dirs, write_atomic
@@ -140,7 +140,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> TrainedTag
         raise ValueError(f"{run / 'labels.json'}: expected a list of tag strings")
 
     encoder, tokenizer = load_encoder(cfg.model)
-    max_length = min(cfg.max_length, encoder.config.max_position_embeddings)
+    max_length = window_length(cfg, encoder)
     # A fusion finds its sources beside the run folder where it is now, so that a moved sweep
     # (or one run from another working directory) still resolves them.
     sources = source_dirs(run, cfg.seed, sources_of(cfg))

@@ -48,6 +48,7 @@ from model import (
     load_trained_state,
     resolve_model,
     trained_state,
+    window_length,
 )
 from runs import scoring, tracking
 from runs.config_files import config_help, experiment_configs, parse_overrides
@@ -363,7 +364,7 @@ def run(cfg: Config, out: Path, tracker, log, token_cache: Path | None) -> dict:
                               cfg.eval_limit, cfg.allow_unseen_tags, cfg.tag_scheme)
     write_atomic(out / "labels.json", json.dumps(corpus.labels))
     encoder, tokenizer = load_encoder(cfg.model)
-    max_length = min(cfg.max_length, encoder.config.max_position_embeddings)
+    max_length = window_length(cfg, encoder)
     specials = (tokenizer.cls_token_id, tokenizer.sep_token_id)
     tokenized = tokenized_splits(corpus, tokenizer, token_cache)
     windows = {split: data.make_windows(tokenized[split], max_length, *specials)

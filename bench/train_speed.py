@@ -6,6 +6,8 @@
     python bench/train_speed.py --method lora --dora          # DoRA against peft use_dora
     python bench/train_speed.py --method lora --targets all-linear
     python bench/train_speed.py --method ia3                  # IA3 against peft IA3Config
+    python bench/train_speed.py --method prefix --lr 1e-2     # deep prefix tuning, 16 pairs
+    python bench/train_speed.py --method layernorm --lr 1e-2  # against peft LN_TUNING
 
 Both sides train the same first N sentences of the bc5cdr training split (one epoch), batch
 32, max 128 subwords, at the same precision, and report real (non-padding) subword tokens per
@@ -17,6 +19,10 @@ second of training. The peer is what people write today:
   name, since PEFT's own `"all-linear"` also wraps the head that TOKEN_CLS must keep whole);
 - ia3: the same wrapped by PEFT `IA3Config`, with ours' modules: keys, values and the
   feed-forward output projection's input (`feedforward_modules`);
+- prefix: PEFT `PrefixTuningConfig` (16 virtual tokens, no projection) on the bare encoder
+  (task type FEATURE_EXTRACTION: its TOKEN_CLS wrapper fails on BERT in transformers 5.24),
+  first-subword gathering and a linear head with cross-entropy, by `Trainer`;
+- layernorm: PEFT `LNTuningConfig` on BERT's `LayerNorm` modules (task type TOKEN_CLS);
 - lora --crf: PEFT LoRA encoder, first-subword gathering and a pytorch-crf head, by `Trainer`.
 
 Peak memory (CUDA only, `torch.cuda.max_memory_allocated`) is reported for both sides. Needs the
@@ -41,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data
 import train
+from corpora.sources import DATA_DIR_ENV
 from model import resolve_model
 from runs import config_files
 
@@ -56,6 +63,8 @@ def ours(args, output_dir: str) -> dict:
     if args.method == "lora":
         values.update(rank=args.rank, alpha=2.0 * args.rank, targets=args.targets,
                       dora=args.dora)
+    if args.method == "prefix":
+        values["prefix_length"] = PREFIX_LENGTH
     if args.crf:
         values["crf"] = True
     if args.checkpointing:
@@ -68,17 +77,21 @@ def ours(args, output_dir: str) -> dict:
             "padding_fraction": metrics["padding_fraction"]}
 
 
-class PeerCRFTagger(nn.Module):
-    """The peer's LoRA + pytorch-crf: first-subword gathering (labels != -100 mark the first
-    subwords), a linear head, and torchcrf's NLL over the gathered words."""
+PREFIX_LENGTH = 16  # both sides' prefixes per layer, P-Tuning v2's for NER
 
-    def __init__(self, encoder, num_tags: int):
+
+class PeerTagger(nn.Module):
+    """The peer's tagger around a PEFT-wrapped bare encoder, where PEFT's own TOKEN_CLS model
+    does not serve: first-subword gathering (labels != -100 mark the first subwords), a linear
+    head, and cross-entropy or torchcrf's NLL over the gathered words."""
+
+    def __init__(self, encoder, num_tags: int, crf: bool):
         super().__init__()
         from torchcrf import CRF
 
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.hidden_size, num_tags)
-        self.crf = CRF(num_tags, batch_first=True)
+        self.crf = CRF(num_tags, batch_first=True) if crf else None
 
     def forward(self, input_ids, attention_mask, labels=None, **_):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask
@@ -92,8 +105,11 @@ class PeerCRFTagger(nn.Module):
         emissions = self.head(words).float()  # (B, W, K)
         mask = torch.arange(W, device=input_ids.device)[None] < lengths[:, None]  # (B, W)
         tags = torch.where(mask, labels.gather(1, order), torch.zeros_like(order))
-        return {"loss": -self.crf(emissions, tags, mask, reduction="mean"),
-                "logits": emissions}
+        if self.crf is None:
+            loss = nn.functional.cross_entropy(emissions[mask], tags[mask])
+        else:
+            loss = -self.crf(emissions, tags, mask, reduction="mean")
+        return {"loss": loss, "logits": emissions}
 
 
 def peer(args, output_dir: str) -> dict:
@@ -123,12 +139,13 @@ def peer(args, output_dir: str) -> dict:
     real_tokens = sum(len(f["input_ids"]) for f in features) * args.epochs
 
     K = len(corpus.labels)
-    if args.crf:
-        model = PeerCRFTagger(AutoModel.from_pretrained(path), K)
+    wrapped = args.crf or args.method == "prefix"  # PEFT wraps the bare encoder in our tagger
+    if wrapped:
+        model = PeerTagger(AutoModel.from_pretrained(path), K, args.crf)
     else:
         model = AutoModelForTokenClassification.from_pretrained(path, num_labels=K)
-    if args.method in ("lora", "ia3"):
-        from peft import IA3Config, LoraConfig, get_peft_model
+    if args.method in ("lora", "ia3", "prefix", "layernorm"):
+        from peft import IA3Config, LNTuningConfig, LoraConfig, PrefixTuningConfig, get_peft_model
 
         if args.method == "lora":
             targets = args.targets
@@ -139,6 +156,12 @@ def peer(args, output_dir: str) -> dict:
             adapter = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
                                  target_modules=targets, use_dora=args.dora,
                                  task_type=None if args.crf else "TOKEN_CLS")
+        elif args.method == "prefix":
+            adapter = PrefixTuningConfig(num_virtual_tokens=PREFIX_LENGTH,
+                                         task_type="FEATURE_EXTRACTION")
+        elif args.method == "layernorm":
+            adapter = LNTuningConfig(target_modules=["LayerNorm"],
+                                     task_type=None if args.crf else "TOKEN_CLS")
         else:  # our IA3's modules, by full name: PEFT's BERT default also takes attention.output
             names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and (
                 n.endswith(("attention.self.key", "attention.self.value"))
@@ -146,7 +169,7 @@ def peer(args, output_dir: str) -> dict:
             adapter = IA3Config(target_modules=names, task_type=None if args.crf else "TOKEN_CLS",
                                 feedforward_modules=[n for n in names
                                                      if n.endswith("output.dense")])
-        if args.crf:
+        if wrapped:
             model.encoder = get_peft_model(model.encoder, adapter)
         else:
             model = get_peft_model(model, adapter)
@@ -169,7 +192,8 @@ def peer(args, output_dir: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--method", choices=["full", "lora", "ia3"], default="full")
+    parser.add_argument("--method", choices=["full", "lora", "ia3", "prefix", "layernorm"],
+                        default="full")
     parser.add_argument("--crf", action="store_true")
     parser.add_argument("--dora", action="store_true", help="lora: DoRA on both sides")
     parser.add_argument("--rank", type=int, default=16)
@@ -188,8 +212,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["ours", "peer"], default=None)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    if not os.environ.get(data.DATA_DIR_ENV):
-        sys.exit(f"set ${data.DATA_DIR_ENV} to the folder holding {args.dataset}/")
+    if not os.environ.get(DATA_DIR_ENV):
+        sys.exit(f"set ${DATA_DIR_ENV} to the folder holding {args.dataset}/")
 
     results = {"args": vars(args), "torch": torch.__version__,
                "device_name": torch.cuda.get_device_name() if args.device == "cuda" else

@@ -109,9 +109,10 @@ def value_problems(cfg: Config) -> list[tuple[str, str]]:
     for key, allowed in ALL_CHOICES.items():
         need(getattr(cfg, key) in allowed, key, f"one of {list(allowed)}")
     for key in ("epochs", "batch_size", "eval_batch_size", "repeats", "log_every", "rank",
-                "fusion_dim", "reduction"):
+                "fusion_dim", "reduction", "prefix_length", "train_layers"):
         need(getattr(cfg, key) >= 1, key, ">= 1")
-    for key in ("train_limit", "eval_limit", "pad_multiple", "warmup_steps", "fusion_rank"):
+    for key in ("train_limit", "eval_limit", "pad_multiple", "warmup_steps", "fusion_rank",
+                "prefix_projection"):
         need(getattr(cfg, key) >= 0, key, ">= 0")
     for key in ("lr", "crf_lr", "weight_decay", "max_grad_norm", "alpha", "lora_plus_ratio"):
         need(getattr(cfg, key) >= 0, key, ">= 0")

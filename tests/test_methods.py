@@ -107,11 +107,11 @@ def test_exactly_its_parameters_train_as_many_as_its_formula(bench, tiny_encoder
     cfg = case_config(bench, name, variant)
     tagger, _ = built(cfg, tiny_encoder)
     trained = {n for n, p in tagger.encoder.named_parameters() if p.requires_grad}
+    sizes = methods.Sizes.of(tagger.encoder.config)
     assert trained == {n for n, _ in tagger.encoder.named_parameters()
-                       if re.search(method.trainable, n)}
+                       if re.search(method.trainable_pattern(cfg, sizes), n)}
     sources = [load_json(folder / "config.json") for folder in
                source_dirs(run_dir(cfg), cfg.seed, methods.sources_of(cfg))]
-    sizes = methods.Sizes.of(tagger.encoder.config)
     assert sum(p.numel() for n, p in tagger.encoder.named_parameters() if n in trained) == \
         method.count(cfg, sizes, sources)
     head = sizes.hidden * len(LABELS) + len(LABELS)
