@@ -96,11 +96,22 @@ class Config:
     # LoRA+ (Hayou et al. 2024): B's learning rate is this times A's, in its own optimizer
     # group; 0 or 1: plain LoRA
     lora_plus_ratio: float = 0.0
-    # --- Bottleneck adapters (method: adapter)
-    # pfeiffer: one adapter after each layer's feed-forward block; houlsby: also one after
-    # attention
+    # --- Bottleneck adapters (method: adapter), as AdapterHub's `adapters` defines them
+    # pfeiffer: one adapter after each layer's feed-forward block (AdapterHub's SeqBnConfig);
+    # houlsby: also one after attention (DoubleSeqBnConfig); parallel: one beside each
+    # feed-forward block, reading its input (He et al.'s scaled parallel adapter, ParBnConfig)
     adapter_kind: str = "pfeiffer"
     reduction: int = 16  # bottleneck width = hidden size / reduction (24 for MiniLM)
+    # the adapter reads LN(h + r), the sub-layer's output after the layer's own residual and
+    # LayerNorm, rather than h (AdapterHub's name); null: the kind's own, true for pfeiffer,
+    # false for houlsby; parallel reads the block's input, so true is an error there
+    original_ln_before: bool | None = None
+    # the bottleneck's activation; empty: the kind's own, AdapterHub's (relu for pfeiffer and
+    # parallel, swish for houlsby)
+    non_linearity: str = ""
+    # the adapter's output times this (AdapterHub's `scaling`); 0: the kind's own, 4 for
+    # parallel (He et al.), else 1
+    adapter_scaling: float = 0.0
     # --- Deep prefix tuning (method: prefix)
     prefix_length: int = 16  # P trained key/value pairs at every layer (P-Tuning v2's for NER)
     # 0: the prefixes are the trained parameters themselves (P-Tuning v2); > 0: an MLP of this
@@ -129,7 +140,13 @@ class Config:
     # fixed fusion weights, one per adapter (then merged into the base); empty: learned
     fusion_weights: list[float] = dataclasses.field(default_factory=list)
     fusion_rank: int = 0  # merge, fixed weights: SVD-truncate each fused ΔW to this rank (0: no)
-    fusion_dim: int = 16  # attention: width of the query and key projections
+    # attention: width of the query and key projections; 0: AdapterHub's AdapterFusion (H x H
+    # query and key with biases, unscaled scores dropped out in training); d > 0: the narrow
+    # variant (H -> d without biases, scores / sqrt(d)) this project ran first, with 16
+    fusion_dim: int = 0
+    # attention: a value matrix over the mixed outputs, starting at the identity and kept near
+    # it by 0.01 ||I - V||^2 in the loss (AdapterHub's dynamic AdapterFusion); false: none
+    fusion_value: bool = True
 
 
 @dataclass

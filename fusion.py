@@ -17,22 +17,29 @@ together with the few fusion parameters below. Two methods, each stated with its
 - **Output space, learned** (`AttentionFusionLinear`): AdapterFusion (Pfeiffer et al. 2021)
   for LoRA. For each token, a query from the layer input x and keys from the adapters' outputs
   δ_i = s_i B_i A_i x give softmax weights over the adapters, and the layer outputs
-  base(x) + Σ_i α_i δ_i. Not a fixed ΔW: the mix changes per token, so it cannot be merged.
-  Query (d_in → d) and key (d_out → d) projections of width d = 16 add (d_in + d_out) d
-  parameters per wrapped linear: 1.2M for BERT-base's 48 attention linears, against ~21M for
-  AdapterHub's AdapterFusion, whose query, key and value are full H x H matrices per layer. The
-  values are the adapter outputs themselves (no value matrix), and the query starts at zero, so
-  every score is 0, α_i = 1/N, and the layer starts at base(x) + (1/N) Σ_i δ_i.
+  base(x) + V Σ_i α_i δ_i. Not a fixed ΔW: the mix changes per token, so it cannot be merged.
+- **Bottleneck adapters, output space, learned** (`BottleneckFusionBlock`): AdapterFusion's own
+  setting, AdapterHub's `Fuse` with its `dynamic` config. In each output block the sources'
+  adapters read what they read alone (adapters.py: LN(h + r), h or r), the query reads it too,
+  and the block outputs LN(h + r + V Σ_i α_i δ_i). A bottleneck adapter is not a ΔW, so
+  `fusion_mode: merge` over them is an error, as is a fusion of LoRA and bottleneck sources
+  together.
 
-Both learned modes therefore start from the same function, base(x) + mean_i ΔW_i x (equal up to
-float rounding), so a comparison of the two measures what training does, not where it began.
+Both attention fusions share one attention over sources (`SourceAttention`), in two layouts:
+`fusion_dim: 0` is AdapterHub's (query, key and value H x H per position, with a value matrix V
+starting at the identity, unscaled scores dropped out in training, and the regulariser
+0.01 ‖I - V‖² per position added to the loss: `value_regularizer`), about 21M parameters for
+BERT-base's 12 positions; `fusion_dim: d, fusion_value: false` is the narrow variant this project
+ran first (query and key H -> d without biases, scores / sqrt(d), V = I), 2 H d per position.
+For LoRA, H is the fused linear's output width and the query reads its input. The query starts
+at zero, so every α_i = 1/N and each attention fusion starts at its sources' average. A learned
+merge starts there too, so both learned modes over LoRA start from the same function, base(x) +
+mean_i ΔW_i x (equal up to float rounding), and a comparison of the two measures what training
+does, not where it began.
 
-- **Bottleneck adapters, output space, learned** (`BottleneckFusionLinear`): AdapterFusion's own
-  setting. At each adapter position, h = base(x) is the projection's output and δ_i(h) = up_i(
-  relu(down_i(h))) each source adapter's update; the query comes from h, the keys from the δ_i,
-  and the layer outputs h + Σ_i α_i δ_i, starting at h + mean_i δ_i as above. A bottleneck
-  adapter is not a ΔW, so `fusion_mode: merge` over them is an error, as is a fusion of LoRA
-  and bottleneck sources together.
+AdapterHub's `Fuse` over parallel adapters adds the block's input r twice (its fusion adds r as
+the residual and its parallel adapter's post-step adds it again: LN(h + 2 r + ...)); here it is
+added once, as for a single parallel adapter.
 
 Left out: more than one adapter set per layer type, fusing adapters of different encoders, DoRA
 sources (a DoRA adapter rescales its base weight, so it is not an update to add), and fusion of
@@ -53,7 +60,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import adapters
-import inject
 import lora
 
 MODES = ("merge", "attention")  # the choices of `fusion_mode`
@@ -69,10 +75,16 @@ class SourceAdapter:
 
 @dataclass
 class SourceBottlenecks:
-    """One run's trained bottleneck adapters: per wrapped projection, the tensors of its
-    adapter (`down.weight` (m, H), `down.bias`, `up.weight` (H, m), `up.bias`)."""
+    """One run's trained bottleneck adapters: per output block, the tensors of its adapter
+    (`down.weight` (m, H), `down.bias`, `up.weight` (H, m), `up.bias`), and the options the run
+    resolved (`BOTTLENECK_OPTIONS`)."""
     name: str
     adapters: dict[str, dict[str, Tensor]]
+    options: dict
+
+
+# What a bottleneck source's config must say for its adapters to be rebuilt as they ran.
+BOTTLENECK_OPTIONS = ("adapter_kind", "original_ln_before", "non_linearity", "adapter_scaling")
 
 
 def source_kind(source) -> str | None:
@@ -96,16 +108,74 @@ def load_source(source) -> SourceAdapter | SourceBottlenecks:
         factors = {module: (A, B, scale)
                    for module, (A, B) in lora.adapter_factors(source.weights).items()}
         return SourceAdapter(config["name"], factors)
-    return SourceBottlenecks(config["name"], adapters.adapter_weights(source.weights))
+    return SourceBottlenecks(config["name"], adapters.adapter_weights(source.weights),
+                             {key: config[key] for key in BOTTLENECK_OPTIONS})
 
 
-def mixing_weights(query: nn.Linear, key: nn.Linear, x: Tensor, deltas: Tensor) -> Tensor:
-    """α (..., N): per token, the softmax over adapters of <query(x), key(δ_i)> / sqrt(d), for x
-    (..., d_q) and the adapters' outputs δ (..., N, d_k)."""
-    q = query(x)  # (..., d)
-    k = key(deltas)  # (..., N, d)
-    scores = (k @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(q.shape[-1])  # (..., N)
-    return F.softmax(scores.float(), dim=-1)
+class SourceAttention(nn.Module):
+    """Per token, Σ_i α_i V δ_i (..., d_v) over the sources' outputs δ (..., N, d_v), with α =
+    softmax over i of the scores <query(q), key(δ_i)>, q (..., d_q) what the fusion reads. The
+    attention over sources that both attention fusions share.
+
+    `dim` 0 is AdapterHub's `BertFusion` with its `dynamic` config: query (d_q -> d_v) and key
+    (d_v -> d_v) with biases, scores unscaled (temperature 1) and, in training, dropped out at
+    rate `score_dropout` before the softmax (AdapterHub takes the encoder's attention dropout).
+    `dim` > 0 is this project's narrow variant: d-wide query and key without biases, scores /
+    sqrt(d), no dropout. `value`: a (d_v, d_v) value matrix V, no bias, starting at the identity
+    (AdapterHub puts 1e-6 off its diagonal), else V = I. AdapterHub applies V to each δ_i before
+    mixing; V Σ α_i δ_i is the same sum, at one matmul instead of N.
+
+    The query starts at zero (AdapterHub draws it from N(0, 0.02)), so every score is 0 and α =
+    1/N: the fusion starts as the plain average of its sources. The key keeps nn.Linear's init.
+    """
+
+    def __init__(self, query_width: int, value_width: int, dim: int, value: bool,
+                 score_dropout: float = 0.0, device=None):
+        super().__init__()
+        adapterhub = dim == 0
+        width = dim or value_width  # d
+        self.query = nn.Linear(query_width, width, bias=adapterhub, device=device)  # (d, d_q)
+        self.key = nn.Linear(value_width, width, bias=adapterhub, device=device)  # (d, d_v)
+        nn.init.zeros_(self.query.weight)
+        if adapterhub:
+            nn.init.zeros_(self.query.bias)
+        self.value = None
+        if value:
+            self.value = nn.Linear(value_width, value_width, bias=False, device=device)
+            nn.init.eye_(self.value.weight)  # (d_v, d_v)
+        self.scale = 1.0 if adapterhub else 1.0 / math.sqrt(width)
+        self.score_dropout = nn.Dropout(score_dropout if adapterhub else 0.0)
+
+    def weights(self, q: Tensor, deltas: Tensor) -> Tensor:
+        """α (..., N) for the query input q (..., d_q) and the sources' outputs (..., N, d_v)."""
+        dtype = self.query.weight.dtype  # a bf16 base outside autocast: fp32 here
+        query = self.query(q.to(dtype))  # (..., d)
+        keys = self.key(deltas.to(dtype))  # (..., N, d)
+        scores = (keys @ query.unsqueeze(-1)).squeeze(-1) * self.scale  # (..., N)
+        # at least fp32 (bf16 scores round the mix), float64 kept (bench/adapterhub_check.py)
+        return F.softmax(self.score_dropout(scores), dim=-1,
+                         dtype=torch.promote_types(scores.dtype, torch.float32))
+
+    def forward(self, q: Tensor, deltas: Tensor) -> Tensor:
+        alpha = self.weights(q, deltas).to(deltas.dtype)  # (..., N)
+        mixed = (alpha.unsqueeze(-1) * deltas).sum(-2)  # (..., d_v)
+        if self.value is None:
+            return mixed
+        return self.value(mixed.to(self.value.weight.dtype))  # (..., d_v)
+
+
+def value_regularizer(encoder: nn.Module) -> Tensor:
+    """0.01 Σ ‖I - V‖² over the value matrices of an encoder's attention fusions (0 where there
+    are none): AdapterHub's `get_fusion_regularization_loss`, which keeps V near the identity.
+    The loss adds it (model.Tagger.loss); AdapterHub's trainer backpropagates it apart, after
+    each step, which sends its gradient into the next step's update instead."""
+    penalty = torch.zeros((), device=next(encoder.parameters()).device)
+    for module in encoder.modules():
+        if isinstance(module, SourceAttention) and module.value is not None:
+            V = module.value.weight  # (d_v, d_v)
+            identity = torch.eye(V.shape[0], device=V.device, dtype=V.dtype)
+            penalty = penalty + 0.01 * (identity - V).pow(2).sum()
+    return penalty
 
 
 class MergedFusionLinear(lora.MergeableLinear):
@@ -167,12 +237,12 @@ class MergedFusionLinear(lora.MergeableLinear):
 
 
 class AttentionFusionLinear(nn.Module):
-    """base(x) + Σ_i α_i(x) δ_i(x), δ_i = s_i B_i A_i x, α = softmax over adapters of
-    <query(x), key(δ_i)> / sqrt(d) per token (output space, learned, not mergeable). The query
-    starts at zero, so α = 1/N: base(x) + mean_i δ_i, a learned merge's starting point."""
+    """base(x) + Σ_i α_i(x) V δ_i(x), δ_i = s_i B_i A_i x, α the attention over sources
+    (`SourceAttention`) with its query read from x (output space, learned, not mergeable). It
+    starts at base(x) + mean_i δ_i, a learned merge's starting point."""
 
     def __init__(self, base: nn.Linear, factors: Sequence[tuple[Tensor, Tensor, float]],
-                 dim: int = 16):
+                 dim: int = 0, value: bool = True, score_dropout: float = 0.0):
         super().__init__()
         self.base = base.requires_grad_(False)
         # Ranks may differ: concatenate the A's, and give each adapter a block of B's columns.
@@ -183,73 +253,85 @@ class AttentionFusionLinear(nn.Module):
             B[i, :, begin:begin + a.shape[0]] = s * b
             begin += a.shape[0]
         self.register_buffer("B", B)
-        self.query = nn.Linear(base.in_features, dim, bias=False)
-        self.key = nn.Linear(base.out_features, dim, bias=False)
-        nn.init.zeros_(self.query.weight)  # scores 0, α = 1/N at step 0: the plain average
+        self.fusion = SourceAttention(base.in_features, base.out_features, dim, value,
+                                      score_dropout)
 
     def adapter_outputs(self, x: Tensor) -> Tensor:
         """δ_i for every adapter: (..., N, d_out)."""
         h = x @ self.A.T.to(x.dtype)  # (..., R)
         return torch.einsum("...r,nor->...no", h, self.B.to(x.dtype))  # (..., N, d_out)
 
-    def mixing(self, x: Tensor, deltas: Tensor) -> Tensor:
-        """α (..., N): softmax over adapters of query·key / sqrt(d)."""
-        return mixing_weights(self.query, self.key, x, deltas)
-
     def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in)
         y = self.base(x)  # (..., d_out)
         deltas = self.adapter_outputs(x)  # (..., N, d_out)
-        alpha = self.mixing(x, deltas).to(deltas.dtype)  # (..., N)
-        return y + (alpha.unsqueeze(-1) * deltas).sum(-2).to(y.dtype)  # (..., d_out)
+        return y + self.fusion(x, deltas).to(y.dtype)  # (..., d_out)
 
 
-class BottleneckFusionLinear(nn.Module):
-    """h + Σ_i α_i(h) δ_i(h), h = base(x), δ_i the i-th source adapter's update up_i(relu(
-    down_i(h))), α = softmax over adapters of <query(h), key(δ_i)> / sqrt(d) per token (output
-    space, learned, not mergeable). The query starts at zero: h + mean_i δ_i at step 0."""
+class BottleneckFusionBlock(nn.Module):
+    """A sub-layer's output block fusing frozen bottleneck adapters: LN(h + r + Σ_i α_i V δ_i),
+    h = dropout(dense(x)), r the block's input, δ_i = f_i(a) the i-th source adapter's update of
+    what the sources read (a = LN(h + r), h or r: adapters.adapter_input), α the attention over
+    sources (`SourceAttention`) with its query read from a too, where AdapterHub's `Fuse` reads
+    it (output space, learned, not mergeable). It starts at LN(h + r + mean_i δ_i)."""
 
-    def __init__(self, base: nn.Linear, sources: Sequence[dict[str, Tensor]], dim: int = 16):
+    def __init__(self, block: nn.Module, sources: Sequence[tuple[dict[str, Tensor], dict]],
+                 read: str, dim: int = 0, value: bool = True, score_dropout: float = 0.0):
         super().__init__()
-        self.base = base.requires_grad_(False)
-        hidden = base.out_features
+        self.dense, self.dropout, self.LayerNorm = block.dense, block.dropout, block.LayerNorm
+        self.read = read
+        hidden, device = self.dense.out_features, self.dense.weight.device
         self.sources = nn.ModuleList()
-        for tensors in sources:
-            bottleneck = adapters.Bottleneck(hidden, tensors["down.weight"].shape[0])
+        for tensors, options in sources:
+            bottleneck = adapters.Bottleneck(hidden, tensors["down.weight"].shape[0],
+                                             options["non_linearity"],
+                                             options["adapter_scaling"])
             bottleneck.load_state_dict(tensors)
-            self.sources.append(bottleneck.requires_grad_(False).to(base.weight.device))
-        self.query = nn.Linear(hidden, dim, bias=False, device=base.weight.device)
-        self.key = nn.Linear(hidden, dim, bias=False, device=base.weight.device)
-        nn.init.zeros_(self.query.weight)  # scores 0, α = 1/N at step 0: the plain average
+            self.sources.append(bottleneck.requires_grad_(False).to(device))
+        self.fusion = SourceAttention(hidden, hidden, dim, value, score_dropout, device)
 
-    def adapter_outputs(self, h: Tensor) -> Tensor:
-        """δ_i(h) for every source adapter: (..., N, H)."""
-        return torch.stack([adapter(h) for adapter in self.sources], dim=-2)
+    def adapter_outputs(self, a: Tensor) -> Tensor:
+        """δ_i(a) for every source adapter: (..., N, H)."""
+        return torch.stack([adapter(a) for adapter in self.sources], dim=-2)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (..., d_in)
-        h = self.base(x)  # (..., H)
-        deltas = self.adapter_outputs(h).to(h.dtype)  # (..., N, H)
-        alpha = mixing_weights(self.query, self.key, h, deltas).to(h.dtype)  # (..., N)
-        return h + (alpha.unsqueeze(-1) * deltas).sum(-2)  # (..., H)
+    def forward(self, hidden_states: Tensor, input_tensor: Tensor) -> Tensor:
+        h = self.dropout(self.dense(hidden_states))  # (B, T, H)
+        a = adapters.adapter_input(self.read, h, input_tensor, self.LayerNorm)  # (B, T, H)
+        deltas = self.adapter_outputs(a).to(h.dtype)  # (B, T, N, H)
+        return self.LayerNorm(h + input_tensor + self.fusion(a, deltas).to(h.dtype))
+
+    def extra_repr(self) -> str:
+        return f"read={self.read}"
 
 
-def fuse_bottlenecks(encoder: nn.Module, sources: Sequence[SourceBottlenecks],
-                     dim: int = 16) -> dict:
-    """Swap every projection the sources put an adapter after for their attention fusion, and
-    freeze the rest. Returns a report: the fused positions."""
+def fuse_bottlenecks(encoder: nn.Module, sources: Sequence[SourceBottlenecks], dim: int = 0,
+                     value: bool = True, score_dropout: float = 0.0) -> dict:
+    """Swap every output block the sources put an adapter in for their attention fusion, and
+    freeze the rest. The sources read what the first one's options say (sources_problems makes
+    them agree). Returns a report: the fused positions."""
+    options = sources[0].options
+    read = adapters.reads(options["adapter_kind"], options["original_ln_before"])
     encoder.requires_grad_(False)
     modules = list(sources[0].adapters)
-    inject.wrap_linears(encoder, modules, lambda name, linear: BottleneckFusionLinear(
-        linear, [s.adapters[name] for s in sources], dim))
+    for name in modules:
+        block = encoder.get_submodule(name)
+        if not adapters.is_output_block(block):
+            raise ValueError(f"fusion: {name} is a {type(block).__name__}, not an output block "
+                             f"(dense, dropout, LayerNorm); was it fused already?")
+        fused = BottleneckFusionBlock(block, [(s.adapters[name], s.options) for s in sources],
+                                      read, dim, value, score_dropout)
+        encoder.set_submodule(name, fused, strict=True)
     return {"fused_linears": len(modules)}
 
 
 def fuse(encoder: nn.Module, sources: Sequence[SourceAdapter], mode: str,
-         weights: Sequence[float] | None = None, rank: int = 0, dim: int = 16) -> dict:
+         weights: Sequence[float] | None = None, rank: int = 0, dim: int = 0,
+         value: bool = True, score_dropout: float = 0.0) -> dict:
     """Swap every linear the sources adapt for a fusion of their adapters, and freeze the rest.
 
     mode "merge": weight space, `weights` fixed (one per source) or None to learn them; `rank` >
-    0 truncates each fused ΔW by SVD (fixed weights only). mode "attention": output space.
-    Returns a report: the fused linears and, when truncated, the mean/max relative SVD error.
+    0 truncates each fused ΔW by SVD (fixed weights only). mode "attention": output space, its
+    attention as `dim`, `value` and `score_dropout` say (SourceAttention). Returns a report: the
+    fused linears and, when truncated, the mean/max relative SVD error.
     """
     if mode not in MODES:
         raise ValueError(f"fusion mode must be one of {MODES}, got {mode!r}")
@@ -274,7 +356,7 @@ def fuse(encoder: nn.Module, sources: Sequence[SourceAdapter], mode: str,
             if rank:
                 errors.append(fused.truncate(rank))
         else:
-            fused = AttentionFusionLinear(base, factors, dim)
+            fused = AttentionFusionLinear(base, factors, dim, value, score_dropout)
         encoder.set_submodule(module, fused.to(base.weight.device), strict=True)
     report = {"fused_linears": len(sources[0].factors)}
     if errors:
@@ -286,7 +368,7 @@ def fuse(encoder: nn.Module, sources: Sequence[SourceAdapter], mode: str,
 def fusion_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (MergedFusionLinear,
                                                           AttentionFusionLinear,
-                                                          BottleneckFusionLinear))]
+                                                          BottleneckFusionBlock))]
 
 
 def sources_problems(cfg, sources: Sequence[tuple[str | None, dict]]) -> list[str]:
@@ -307,6 +389,11 @@ def sources_problems(cfg, sources: Sequence[tuple[str | None, dict]]) -> list[st
         if values.get("model") != cfg.model:
             problems.append(f"source {name!r}: model {values.get('model')!r} differs from "
                             f"{cfg.model!r}")
+        if kind == "adapter" and any(values.get(key) is None for key in BOTTLENECK_OPTIONS):
+            problems.append(f"source {name!r}: its config names no "
+                            f"{', '.join(k for k in BOTTLENECK_OPTIONS if values.get(k) is None)}"
+                            f" (a run from before adapters took AdapterHub's options); train it "
+                            f"again")
         if values.get("dora"):
             problems.append(f"source {name!r} is a DoRA adapter, which rescales its base weight "
                             f"and has no ΔW to fuse; fuse plain LoRA adapters")
@@ -318,7 +405,8 @@ def sources_problems(cfg, sources: Sequence[tuple[str | None, dict]]) -> list[st
         problems.append("fusion_mode: merge adds the sources' ΔW, and a bottleneck adapter has "
                         "none (it is not a change of weights): use fusion_mode: attention")
     placements = {(tuple(values.get("targets", ())) if kind == "lora" else
-                   values.get("adapter_kind")) for kind, values in sources if kind is not None}
+                   (values.get("adapter_kind"), values.get("original_ln_before")))
+                  for kind, values in sources if kind is not None}
     if len(kinds) == 1 and len(placements) > 1:
         problems.append(f"its sources adapt different linears: {sorted(placements, key=str)}")
     return problems
@@ -333,10 +421,12 @@ def apply(encoder: nn.Module, cfg, sources: Sequence) -> dict:
         raise ValueError(f"fusion of {', '.join(str(s.folder) for s in sources)}: "
                          f"{'; '.join(problems)}")
     loaded = [load_source(source) for source in sources]
+    # AdapterHub's BertFusion drops scores out at the encoder's attention dropout rate
+    score_dropout = getattr(encoder.config, "attention_probs_dropout_prob", 0.0)
     if isinstance(loaded[0], SourceBottlenecks):
-        return fuse_bottlenecks(encoder, loaded, cfg.fusion_dim)
+        return fuse_bottlenecks(encoder, loaded, cfg.fusion_dim, cfg.fusion_value, score_dropout)
     report = fuse(encoder, loaded, cfg.fusion_mode, cfg.fusion_weights or None,
-                  cfg.fusion_rank, cfg.fusion_dim)
+                  cfg.fusion_rank, cfg.fusion_dim, cfg.fusion_value, score_dropout)
     if cfg.fusion_mode == "merge" and cfg.fusion_weights:
         for layer in fusion_layers(encoder):
             layer.merge()

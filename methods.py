@@ -80,6 +80,12 @@ class Method:
     identity_at_init: bool = True  # the tagger computes what the bare encoder does at step 0
     # the encoder positions it takes before the tokens (a prefix's): windows hold fewer subwords
     reserved_positions: Callable[..., int] | None = None
+    # the values of its keys whose default depends on its other keys (`lr: 0` aside):
+    # resolve(cfg) -> {key: value}, which runs/config_files.make_config sets, so the config
+    # saved with a run names them; a value the others rule out is a ValueError(key, message)
+    resolve: Callable | None = None
+    # a penalty the training loss adds: regularizer(encoder) -> scalar tensor
+    regularizer: Callable | None = None
     # settings the conformance suite runs it with: every preset a reader may choose
     variants: tuple[dict, ...] = ({},)
 
@@ -133,7 +139,8 @@ def lora_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
 
 
 def adapter_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
-    """L x (2 H m + m + H) per adapter position of a layer, m = H / reduction."""
+    """L x (2 H m + m + H) per adapter position of a layer, m = H / reduction: one position for
+    pfeiffer and parallel, two for houlsby."""
     H, m = sizes.hidden, adapters.adapter_width(sizes.hidden, cfg.reduction)
     return sizes.layers * len(adapters.POSITIONS[cfg.adapter_kind]) * (2 * H * m + m + H)
 
@@ -151,9 +158,10 @@ def bitfit_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
 
 
 def fusion_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
-    """Over the linears the sources adapt: merge learns N weights per linear (none when fixed);
-    attention learns a query (d_q x d) and a key (d_k x d) per linear, where d_q, d_k are a
-    LoRA linear's d_in, d_out, and H, H at a bottleneck adapter's position."""
+    """Over the linears the sources adapt (d_in, d_out), or their bottleneck adapters' positions
+    (H, H): merge learns N weights per linear (none when fixed); attention learns a query
+    (d_in x d) and a key (d_out x d), with d = d_out and a bias each for fusion_dim 0, and a
+    value (d_out x d_out) with fusion_value."""
     if METHODS[sources[0]["method"]].source_kind == "adapter":
         H = sizes.hidden
         shapes = sizes.layers * len(adapters.POSITIONS[sources[0]["adapter_kind"]]) * [(H, H)]
@@ -161,7 +169,9 @@ def fusion_count(cfg, sizes: Sizes, sources: list[dict]) -> int:
         shapes = sizes.layers * inject.targeted_shapes(sources[0]["targets"], sizes.hidden,
                                                        sizes.intermediate)
     if cfg.fusion_mode == "attention":
-        return sum((d_in + d_out) * cfg.fusion_dim for d_in, d_out in shapes)
+        biases = 2 if cfg.fusion_dim == 0 else 0
+        return sum((d_in + d_out + biases) * (cfg.fusion_dim or d_out)
+                   + (d_out * d_out if cfg.fusion_value else 0) for d_in, d_out in shapes)
     return 0 if cfg.fusion_weights else len(cfg.adapters) * len(shapes)
 
 
@@ -184,14 +194,23 @@ METHODS = {method.name: method for method in (
                   {"dora": True, "targets": ["all-linear"], "lora_dropout": 0.1},
                   {"lora_plus_ratio": 16.0}, {"targets": ["query", "value"], "rslora": True})),
     Method(
-        name="adapter", trains="bottleneck adapters after the attention and/or feed-forward "
-                               "blocks, and the head",
+        name="adapter", trains="bottleneck adapters after (or beside) the attention and/or "
+                               "feed-forward blocks, and the head",
         # configs/peft_cpu.yml's devel choice for Houlsby (Pfeiffer's, 3e-2, was 0.003 devel F1
         # above its 1e-2); the usual 1e-4 to 1e-3 (Houlsby et al.) undertrains at 96 steps
         default_lr=1e-2, apply=adapters.apply, trainable=r"\.adapter\.(down|up)\.(weight|bias)$",
-        count=adapter_count, keys=("adapter_kind", "reduction"),
-        choices={"adapter_kind": adapters.KINDS}, source_kind="adapter",
-        variants=({"adapter_kind": "pfeiffer"}, {"adapter_kind": "houlsby", "reduction": 8})),
+        count=adapter_count,
+        keys=("adapter_kind", "reduction", "original_ln_before", "non_linearity",
+              "adapter_scaling"),
+        choices={"adapter_kind": adapters.KINDS, "non_linearity": adapters.NON_LINEARITIES},
+        source_kind="adapter", resolve=adapters.resolve,
+        # AdapterHub's SeqBnConfig, DoubleSeqBnConfig and ParBnConfig, then this project's
+        # earlier variants (the adapter reads h, relu)
+        variants=({"adapter_kind": "pfeiffer"}, {"adapter_kind": "houlsby", "reduction": 8},
+                  {"adapter_kind": "parallel"},
+                  {"adapter_kind": "pfeiffer", "original_ln_before": False,
+                   "non_linearity": "relu"},
+                  {"adapter_kind": "houlsby", "non_linearity": "relu", "adapter_scaling": 2.0})),
     Method(
         name="ia3", trains="vectors rescaling keys, values and feed-forward activations, and "
                            "the head",
@@ -230,18 +249,25 @@ METHODS = {method.name: method for method in (
                               "and a new head",
         # not gridded: the rate its LoRA sources trained at in study_cpu.yml
         default_lr=2e-3, apply=fusion.apply,
-        # a learned merge's weights, attention fusion's query and key (BERT's module names)
-        trainable=r"\.weights$|\.(query|key|value|dense)\.(query|key)\.weight$",
+        # a learned merge's weights, attention fusion's query, key and value
+        trainable=r"\.weights$|\.fusion\.(query|key|value)\.(weight|bias)$",
         count=fusion_count,
-        keys=("adapters", "fusion_mode", "fusion_weights", "fusion_rank", "fusion_dim"),
+        keys=("adapters", "fusion_mode", "fusion_weights", "fusion_rank", "fusion_dim",
+              "fusion_value"),
         choices={"fusion_mode": fusion.MODES}, sources_key="adapters",
         check_sources=fusion.sources_problems,
         identity_at_init=False,  # it starts from the base plus the average of its sources
+        regularizer=fusion.value_regularizer,
         variants=({"fusion_mode": "merge", "adapters": ["lora-a", "lora-b"]},
                   {"fusion_mode": "attention", "adapters": ["lora-a", "lora-b"]},
                   {"fusion_mode": "merge", "adapters": ["lora-a", "lora-b"],
                    "fusion_weights": [0.5, 0.5]},
-                  {"fusion_mode": "attention", "adapters": ["adapter-a", "adapter-b"]})),
+                  {"fusion_mode": "attention", "adapters": ["adapter-a", "adapter-b"]},
+                  {"fusion_mode": "attention", "adapters": ["adapter-a", "adapter-b"],
+                   "fusion_dim": 16, "fusion_value": False},
+                  {"fusion_mode": "attention", "adapters": ["lora-a", "lora-b"],
+                   "fusion_dim": 8, "fusion_value": True},
+                  {"fusion_mode": "attention", "adapters": ["parallel-a", "parallel-b"]})),
 )}
 
 # key -> the method that owns it

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -32,14 +32,17 @@ ENCODER_PREFIX = "encoder."
 
 class Tagger(nn.Module):
     """Encoder → dropout → first-subword hidden state per word → linear head → emissions,
-    scored by cross-entropy and argmax, or by an optional CRF (NLL and Viterbi)."""
+    scored by cross-entropy and argmax, or by an optional CRF (NLL and Viterbi). `regularizer`
+    (the method's, if any): a penalty on the encoder that the training loss adds."""
 
-    def __init__(self, encoder: nn.Module, num_tags: int, dropout: float, crf: CRF | None = None):
+    def __init__(self, encoder: nn.Module, num_tags: int, dropout: float, crf: CRF | None = None,
+                 regularizer: Callable[[nn.Module], torch.Tensor] | None = None):
         super().__init__()
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_tags)
         self.crf = crf
+        self.regularizer = regularizer
 
     def forward(self, input_ids, attention_mask, word_index) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask
@@ -49,15 +52,21 @@ class Tagger(nn.Module):
         return self.head(self.dropout(words))  # (B, W, K) emissions
 
     def loss(self, emissions, tags, word_mask, continues=None) -> torch.Tensor:
-        """CRF: mean NLL per sentence; else mean cross-entropy over real words. `continues`
-        (B,) marks windows that continue a sentence, whose first tag may be I-X."""
+        """CRF: mean NLL per sentence; else mean cross-entropy over real words; plus the
+        method's regularizer, if any. `continues` (B,) marks windows that continue a sentence,
+        whose first tag may be I-X."""
         if self.crf is not None:  # collate's masks are valid by construction: no host sync
-            return self.crf.nll(emissions, tags, word_mask, continues=continues,
+            loss = self.crf.nll(emissions, tags, word_mask, continues=continues,
                                 check_values=False)
-        # Padded words ignored by index, not removed by a boolean mask (that would sync the host)
-        targets = tags.masked_fill(~word_mask, -100)  # (B, W)
-        return F.cross_entropy(emissions.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=-100)
+        else:
+            # Padded words ignored by index, not removed by a boolean mask (that would sync
+            # the host)
+            targets = tags.masked_fill(~word_mask, -100)  # (B, W)
+            loss = F.cross_entropy(emissions.flatten(0, 1).float(), targets.flatten(),
+                                   ignore_index=-100)
+        if self.regularizer is not None:
+            loss = loss + self.regularizer(self.encoder)
+        return loss
 
     def predict(self, emissions, word_mask, continues=None) -> torch.Tensor:
         """(B, W) tag ids; values at padded words are meaningless."""
@@ -122,7 +131,7 @@ def build_tagger(cfg: Config, labels: list[str], encoder: nn.Module,
             encoder.gradient_checkpointing_enable
         enable({"use_reentrant": False})
     crf = CRF.for_labels(labels, cfg.crf_constraints, cfg.crf_algorithm) if cfg.crf else None
-    return Tagger(encoder, len(labels), cfg.dropout, crf), report
+    return Tagger(encoder, len(labels), cfg.dropout, crf, method.regularizer), report
 
 
 def source_runs(folders: Sequence[Path]) -> list[SavedRun]:

@@ -9,8 +9,9 @@ run it would train now. `run_inputs` names everything the result depends on:
   when the option is on (`crf_lr` only with `crf: true`), and a key added later only once it
   leaves the value that computes what runs did before it existed (`NEUTRAL_VALUES`);
 - the code it executes (`code_files`), found from the modules it runs: the loop (train.py) and
-  every project module it imports, its method's functions (`apply`, `optimizer_groups`) and the
-  modules they import, crf.py with a CRF head and augment.py with augmentation. The method table
+  every project module it imports, its method's functions (`apply`, `optimizer_groups`, a
+  `regularizer`) and the modules they import, crf.py with a CRF head and augment.py with
+  augmentation. The method table
   is entered by the run's own entry only (`method_entry`), and the modules that only decide
   where a run's files go and how it is watched (`BOOKKEEPING_MODULES`) not at all. So editing
   crf.py's code retrains the CRF runs and nothing else, editing train.py's retrains everything;
@@ -66,7 +67,9 @@ OPTIONS = {"crf": (crf.__name__, ("crf_lr", "crf_constraints", "crf_algorithm"))
 # did before the key existed: at that value a key is left out of the fingerprint, so adding an
 # option retrains nothing. (A key's default may change later; this value may not.)
 NEUTRAL_VALUES: dict[str, object] = {"dora": False, "lora_plus_ratio": 0.0, "tag_scheme": "auto",
-                                     "crf_algorithm": "auto"}
+                                     "crf_algorithm": "auto", "original_ln_before": False,
+                                     "non_linearity": "relu", "adapter_scaling": 1.0,
+                                     "fusion_value": False}
 # Keys that choose which sentences and tags a corpus gives, beyond its files (the token cache's).
 CORPUS_KEYS = ("tag_scheme", "train_limit", "eval_limit")
 
@@ -188,14 +191,22 @@ def module_closure(starts: list[str], stops: set[str]) -> list[str]:
     return seen
 
 
+def method_functions(method: methods.Method) -> dict:
+    """The functions of a method's entry that run while it trains: `apply`, `optimizer_groups`
+    and, where it has one, `regularizer` (named only then, so that adding the field changed no
+    other method's entry)."""
+    functions = {"apply": method.apply, "optimizer_groups": method.optimizer_groups}
+    if method.regularizer is not None:
+        functions["regularizer"] = method.regularizer
+    return functions
+
+
 def method_entry(name: str) -> dict:
     """What in a method's entry decides what its runs compute: the functions it runs, by
-    qualified name. Its default lr reaches a run's fingerprint as the resolved `lr`; its words,
-    formula, exports and variants never change a result."""
-    method = methods.METHODS[name]
-    functions = {"apply": method.apply, "optimizer_groups": method.optimizer_groups}
+    qualified name. Its default lr and `resolve` reach a run's fingerprint as the resolved
+    config values; its words, formula, exports and variants never change a result."""
     return {field: f"{f.__module__}.{f.__qualname__}" if f else None
-            for field, f in functions.items()}
+            for field, f in method_functions(methods.METHODS[name]).items()}
 
 
 def code_files(cfg: config.Config) -> list[Path]:
@@ -203,7 +214,7 @@ def code_files(cfg: config.Config) -> list[Path]:
     imports, its method's functions and what they import, the modules of the options it takes."""
     method = methods.METHODS[cfg.method]
     switched = {methods.__name__, *BOOKKEEPING_MODULES, *(m for m, _ in OPTIONS.values())}
-    starts = [train.__name__] + [f.__module__ for f in (method.apply, method.optimizer_groups)
+    starts = [train.__name__] + [f.__module__ for f in method_functions(method).values()
                                  if f is not None]
     starts += [module for option, (module, _) in OPTIONS.items() if getattr(cfg, option)]
     stops = switched - set(starts)

@@ -109,12 +109,13 @@ def value_problems(cfg: Config) -> list[tuple[str, str]]:
     for key, allowed in ALL_CHOICES.items():
         need(getattr(cfg, key) in allowed, key, f"one of {list(allowed)}")
     for key in ("epochs", "batch_size", "eval_batch_size", "repeats", "log_every", "rank",
-                "fusion_dim", "reduction", "prefix_length", "train_layers"):
+                "reduction", "prefix_length", "train_layers"):
         need(getattr(cfg, key) >= 1, key, ">= 1")
     for key in ("train_limit", "eval_limit", "pad_multiple", "warmup_steps", "fusion_rank",
-                "prefix_projection"):
+                "fusion_dim", "prefix_projection"):
         need(getattr(cfg, key) >= 0, key, ">= 0")
-    for key in ("lr", "crf_lr", "weight_decay", "max_grad_norm", "alpha", "lora_plus_ratio"):
+    for key in ("lr", "crf_lr", "weight_decay", "max_grad_norm", "alpha", "lora_plus_ratio",
+                "adapter_scaling"):
         need(getattr(cfg, key) >= 0, key, ">= 0")
     for key in ("dropout", "lora_dropout", "warmup_ratio"):
         need(0 <= getattr(cfg, key) < 1, key, "in [0, 1)")
@@ -164,8 +165,17 @@ def make_config(values: dict, source: str = "config", where=None) -> Config:
     if cfg.fp16:
         cfg.precision = "fp16"
     cfg.targets = inject.expand_targets(cfg.targets)  # the linears themselves, from here on
+    method = METHODS[cfg.method]
     if cfg.lr == 0:
-        cfg.lr = METHODS[cfg.method].default_lr
+        cfg.lr = method.default_lr
+    if method.resolve is not None:  # keys whose default depends on others, filled in
+        try:
+            resolved = method.resolve(cfg)
+        except ValueError as error:
+            key, message = error.args
+            raise ConfigError(": ".join(filter(None, (where(key), source, message)))) from error
+        for key, value in resolved.items():
+            setattr(cfg, key, value)
     return cfg
 
 

@@ -67,6 +67,11 @@ def test_a_file_without_experiments_is_one_experiment(tmp_path):
     ("experiments:\n  - {name: a, method: fusion, adapters: [x, y],\n     fusion_weights: [1.0]}\n",
      3, "key 'fusion_weights' must be one weight per adapter (2)"),
     ("precision: bf16\nfp16: true\n", 2, "contradicts"),
+    ("experiments:\n  - {name: a, method: adapter,\n     original_ln_before: true,\n"
+     + "     adapter_kind: parallel}\n", 3,
+     "key 'original_ln_before' must be false or null with adapter_kind: parallel"),
+    ("method: adapter\nnon_linearity: elu\n", 2, "key 'non_linearity' must be one of"),
+    ("method: fusion\nadapters: [x]\nfusion_dim: -1\n", 3, "key 'fusion_dim' must be >= 0"),
     ("aug: {p: 2}\n", 1, "aug needs 0 <= p <= 1"),
     ("aug: {q: 2}\n", 1, "unknown key 'aug.q'"),
 ])
@@ -339,7 +344,7 @@ def test_help_lists_every_key_with_its_default_and_comment():
             assert match, f.name  # and a comment follows
     assert "fusion_mode (default 'merge'): merge: weighted sum" in text
     assert "LoRA (method: lora) rank (default 16)" in text  # a group heading, then its keys
-    assert text.index("sweep keys") > text.index("fusion_dim (default 16)")
+    assert text.index("sweep keys") > text.index("fusion_value (default True)")
 
 
 def test_the_config_reference_documents_every_config_key():

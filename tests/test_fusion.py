@@ -42,9 +42,9 @@ def with_adapter(source: fusion.SourceAdapter):
     return encoder.eval()
 
 
-def fused(sources, mode, weights=None, rank=0):
+def fused(sources, mode, weights=None, rank=0, dim=0, value=True):
     encoder = make_tiny_bert()
-    report = fusion.fuse(encoder, sources, mode, weights, rank)
+    report = fusion.fuse(encoder, sources, mode, weights, rank, dim, value)
     return encoder.eval(), report
 
 
@@ -124,40 +124,89 @@ def test_fusion_parameters_get_gradients_and_adapters_do_not(mode):
     encoder, _ = fused([CHEM, DISEASE], mode)
     encoder.train()
     trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
-    expected = ("weights",) if mode == "merge" else ("query.weight", "key.weight")
+    expected = ("weights",) if mode == "merge" else tuple(
+        f"fusion.{part}" for part in ("query.weight", "query.bias", "key.weight", "key.bias",
+                                      "value.weight"))
     assert trainable and all(n.endswith(expected) for n in trainable)
     hidden_states = encoder(input_ids=torch.randint(5, 40, (2, 8))).last_hidden_state
     hidden_states.pow(2).sum().backward()
     grads = {n: p.grad for n, p in encoder.named_parameters() if p.requires_grad}
-    first = "weights" if mode == "merge" else "query.weight"
-    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.endswith(first))
+    firsts = ("weights",) if mode == "merge" else ("query.weight", "value.weight")
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items()
+               if n.endswith(firsts))
     for layer in fusion.fusion_layers(encoder):  # adapters are buffers: never trained
         assert not isinstance(layer.A, torch.nn.Parameter) and not layer.A.requires_grad
 
 
-def test_attention_mixing_is_a_per_token_softmax_matching_a_slow_loop():
-    torch.manual_seed(0)
-    encoder, _ = fused([CHEM, DISEASE], "attention")
+@torch.no_grad()
+def randomise_fusion(attention: fusion.SourceAttention, seed: int = 0) -> None:
+    """Query, biases and value away from their start (zero, zero, the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in attention.named_parameters():
+        noise = torch.randn(param.shape, generator=generator)
+        param.copy_(param + noise * (0.1 if name.startswith("value") else 1.0))
+
+
+def slow_attention(attention: fusion.SourceAttention, q, deltas, dim: int):
+    """One token's mix written out: scores <W_q q + b_q, W_k δ_i + b_k>, divided by sqrt(d)
+    for dim d > 0 (AdapterHub's layout, dim 0: no division, biases), softmax, V Σ α_i δ_i."""
+    def linear(module, x):
+        return module.weight @ x + (module.bias if module.bias is not None else 0)
+
+    scores = torch.stack([linear(attention.query, q) @ linear(attention.key, d) for d in deltas])
+    mix = torch.softmax(scores / (dim ** 0.5 if dim else 1.0), 0)
+    mixed = sum(w * d for w, d in zip(mix, deltas))
+    return attention.value.weight @ mixed if attention.value is not None else mixed
+
+
+@pytest.mark.parametrize("dim, value", [(0, True), (16, False), (8, True)])
+def test_attention_mixing_is_a_per_token_softmax_matching_a_slow_loop(dim, value):
+    encoder, _ = fused([CHEM, DISEASE], "attention", dim=dim, value=value)
     layer = fusion.fusion_layers(encoder)[0]
-    x = torch.randn(2, 5, 32)
-    torch.nn.init.normal_(layer.query.weight)
+    assert (layer.fusion.query.bias is None) == (dim > 0)
+    assert layer.fusion.query.weight.shape == (dim or 32, 32)
+    x = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(0))
+    randomise_fusion(layer.fusion)
     with torch.no_grad():
         fast = layer(x)
-        alpha = layer.mixing(x, layer.adapter_outputs(x))  # (B, T, N)
+        alpha = layer.fusion.weights(x, layer.adapter_outputs(x))  # (B, T, N)
         torch.testing.assert_close(alpha.sum(-1), torch.ones(2, 5))
         assert alpha.std() > 0.01  # really mixes differently per token
+        name = next(iter(CHEM.factors))
         for b in range(2):
             for t in range(5):
                 token = x[b, t]
                 deltas = [s * B @ (A @ token) for A, B, s in
-                          (CHEM.factors[n] for n in [next(iter(CHEM.factors))])] + \
-                         [s * B @ (A @ token) for A, B, s in
-                          (DISEASE.factors[n] for n in [next(iter(DISEASE.factors))])]
-                scores = torch.stack([layer.query.weight @ token @ (layer.key.weight @ d)
-                                      for d in deltas]) / 4.0  # sqrt(d) = 4
-                mix = torch.softmax(scores, 0)
-                slow = layer.base(token) + mix[0] * deltas[0] + mix[1] * deltas[1]
+                          (CHEM.factors[name], DISEASE.factors[name])]
+                slow = layer.base(token) + slow_attention(layer.fusion, token, deltas, dim)
                 torch.testing.assert_close(fast[b, t], slow)
+
+
+def test_adapterhubs_layout_drops_scores_out_in_training_only():
+    attention = fusion.SourceAttention(8, 8, dim=0, value=True, score_dropout=0.5)
+    narrow = fusion.SourceAttention(8, 8, dim=4, value=False, score_dropout=0.5)
+    randomise_fusion(attention)
+    randomise_fusion(narrow)
+    q, deltas = torch.randn(6, 8), torch.randn(6, 3, 8)
+    with torch.no_grad():
+        assert torch.equal(attention.eval()(q, deltas), attention(q, deltas))  # eval: no masks
+        assert not torch.equal(attention.train()(q, deltas), attention.eval()(q, deltas))
+        assert torch.equal(narrow.train()(q, deltas), narrow.eval()(q, deltas))
+
+
+def test_value_regularizer_is_a_hundredth_of_the_squared_distance_to_the_identity():
+    encoder, _ = fused([CHEM, DISEASE], "attention")
+    assert fusion.value_regularizer(encoder) == 0  # V starts at the identity
+    layers = fusion.fusion_layers(encoder)
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            layer.fusion.value.weight[0, 1] = i + 1.0
+    assert float(fusion.value_regularizer(encoder).detach()) == pytest.approx(
+        0.01 * sum((i + 1.0) ** 2 for i in range(len(layers))))
+    fusion.value_regularizer(encoder).backward()  # a gradient towards the identity
+    assert layers[1].fusion.value.weight.grad[0, 1] == pytest.approx(0.01 * 2 * 2.0)
+    narrow, _ = fused([CHEM, DISEASE], "attention", dim=16, value=False)
+    assert fusion.value_regularizer(narrow) == 0
 
 
 def test_attention_starts_as_the_average():
@@ -298,7 +347,8 @@ def test_sweep_trains_sources_first_then_fuses(tmp_path, tiny_encoder, domain_co
     head = 32 * 5 + 5
     assert by_name["fused-fixed"]["trainable_params"] == head  # ΔW merged: only the head trains
     assert by_name["fused-learned"]["trainable_params"] == head + 2 * 8
-    assert by_name["fused-attention"]["trainable_params"] == head + 8 * (32 + 32) * 16
+    # per linear: query and key 32 x 32 with biases, value 32 x 32
+    assert by_name["fused-attention"]["trainable_params"] == head + 8 * (3 * 32 * 32 + 2 * 32)
     assert 0 < by_name["fused-svd"]["svd_relative_error_max"] < 1
     assert set(by_name["fused-fixed"]["test"]["per_type"]) == {"Chemical", "Disease"}
 
@@ -345,58 +395,96 @@ def test_fusion_of_saved_run_folders(tmp_path, tiny_encoder, domain_corpora):
 # ------------------------------------------------------------------ bottleneck adapters
 
 
-def random_bottlenecks(name: str, seed: int) -> fusion.SourceBottlenecks:
-    """Pfeiffer adapters of width 4 with random weights for the tiny BERT."""
+def random_bottlenecks(name: str, seed: int, kind: str = "pfeiffer",
+                       **options) -> fusion.SourceBottlenecks:
+    """Adapters of `kind` of width 4 with random weights for the tiny BERT."""
     import adapters
 
     torch.manual_seed(seed)
     encoder = make_tiny_bert()
-    adapters.inject_adapters(encoder, "pfeiffer", reduction=8)
+    adapters.inject_adapters(encoder, kind, reduction=8, **options)
     with torch.no_grad():
         for param in encoder.parameters():
             if param.requires_grad:
                 param.normal_(0, 0.3)
     state = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
-    return fusion.SourceBottlenecks(name, adapters.adapter_weights(state))
+    resolved = adapters.kind_options(kind, options.get("original_ln_before"),
+                                     options.get("non_linearity", ""), options.get("scaling", 0))
+    return fusion.SourceBottlenecks(name, adapters.adapter_weights(state),
+                                    {"adapter_kind": kind, **resolved})
 
 
 BOTTLENECKS = [random_bottlenecks("chem", 1), random_bottlenecks("disease", 2)]
 
 
-def bottleneck_fused(sources=BOTTLENECKS):
+def bottleneck_fused(sources=BOTTLENECKS, dim=0, value=True):
     encoder = make_tiny_bert()
-    fusion.fuse_bottlenecks(encoder, sources, dim=8)
+    fusion.fuse_bottlenecks(encoder, sources, dim, value)
     return encoder.eval()
 
 
-def test_bottleneck_fusion_mixes_per_token_as_a_slow_loop_does():
-    encoder = bottleneck_fused()
-    layer = fusion.fusion_layers(encoder)[0]
+# (kind, options of both sources, what they and the query read, written out)
+BOTTLENECK_KINDS = [("pfeiffer", {}, "LN(h + r)"), ("houlsby", {}, "h"), ("parallel", {}, "r"),
+                    ("pfeiffer", {"original_ln_before": False, "scaling": 2.0}, "h")]
+
+
+@pytest.mark.parametrize("dim, value", [(0, True), (8, False)])
+@pytest.mark.parametrize("kind, options, read", BOTTLENECK_KINDS)
+def test_bottleneck_fusion_mixes_per_token_as_a_slow_loop_does(kind, options, read, dim, value):
+    sources = [random_bottlenecks("chem", 1, kind, **options),
+               random_bottlenecks("disease", 2, kind, **options)]
+    encoder = bottleneck_fused(sources, dim, value)
+    block = fusion.fusion_layers(encoder)[-1]  # a feed-forward output block
+    activation = {"pfeiffer": torch.relu, "houlsby": torch.nn.functional.silu,
+                  "parallel": torch.relu}[kind]
+    scale = options.get("scaling", 4.0 if kind == "parallel" else 1.0)
+    randomise_fusion(block.fusion)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 64, generator=generator)  # (B, T, I): the feed-forward's inner output
+    r = torch.randn(2, 3, 32, generator=generator)  # (B, T, H): the block's input
     with torch.no_grad():
-        torch.nn.init.normal_(layer.query.weight)
-        x = torch.randn(2, 3, 64)  # (B, T, I): the feed-forward output projection's input
-        fast = layer(x)
+        fast = block(x, r)
         for b in range(2):
             for t in range(3):
-                h = layer.base(x[b, t])  # (H,)
-                deltas = [a.up(torch.relu(a.down(h))) for a in layer.sources]
-                scores = torch.stack([layer.query(h) @ layer.key(d) for d in deltas]) / 8 ** 0.5
-                alpha = torch.softmax(scores, 0)
-                slow = h + sum(w * d for w, d in zip(alpha, deltas))
+                h = block.dense.weight @ x[b, t] + block.dense.bias  # (H,)
+                a = {"h": h, "r": r[b, t], "LN(h + r)": block.LayerNorm(h + r[b, t])}[read]
+                deltas = [scale * (a_.up.weight @ activation(a_.down.weight @ a + a_.down.bias)
+                                   + a_.up.bias) for a_ in block.sources]
+                slow = block.LayerNorm(h + r[b, t] + slow_attention(block.fusion, a, deltas, dim))
                 torch.testing.assert_close(fast[b, t], slow)
 
 
 def test_bottleneck_fusion_starts_as_the_average_of_the_adapters():
     encoder = bottleneck_fused()
-    for layer in fusion.fusion_layers(encoder):
-        x = torch.randn(4, 64)
+    for block in fusion.fusion_layers(encoder):
+        x, r = torch.randn(4, 64), torch.randn(4, 32)
         with torch.no_grad():
-            h = layer.base(x)
-            mean = sum(a.up(torch.relu(a.down(h))) for a in layer.sources) / 2
-            torch.testing.assert_close(layer(x), h + mean)
+            h = block.dense(x)
+            a = block.LayerNorm(h + r)  # pfeiffer sources read after the layer's LayerNorm
+            mean = sum(source(a) for source in block.sources) / 2
+            torch.testing.assert_close(block(x, r), block.LayerNorm(h + r + mean))
     assert {n for n, p in encoder.named_parameters() if p.requires_grad} == {
-        f"encoder.layer.{i}.output.dense.{part}.weight" for i in (0, 1)
-        for part in ("query", "key")}
+        f"encoder.layer.{i}.output.fusion.{part}" for i in (0, 1)
+        for part in ("query.weight", "query.bias", "key.weight", "key.bias", "value.weight")}
+
+
+def test_bottleneck_sources_must_read_alike_and_name_their_options():
+    cfg = config_files.make_config({"method": "fusion", "model": "tiny", "adapters": ["a", "b"],
+                                    "fusion_mode": "attention"}, "test")
+
+    def source(name, **values):
+        return "adapter", {"name": name, "model": "tiny", "adapter_kind": "pfeiffer",
+                           "original_ln_before": True, "non_linearity": "relu",
+                           "adapter_scaling": 1.0, **values}
+
+    assert fusion.sources_problems(cfg, [source("a"), source("b", non_linearity="gelu")]) == []
+    assert fusion.sources_problems(cfg, [source("a"), source("b", original_ln_before=False)]) \
+        == ["its sources adapt different linears: [('pfeiffer', False), ('pfeiffer', True)]"]
+    old = source("old")[1]
+    del old["non_linearity"], old["adapter_scaling"]
+    assert fusion.sources_problems(cfg, [("adapter", old)]) == [
+        ("source 'old': its config names no non_linearity, adapter_scaling (a run from before "
+         "adapters took AdapterHub's options); train it again")]
 
 
 def test_lora_and_bottleneck_sources_together_are_refused_by_apply(tmp_path):
@@ -405,7 +493,9 @@ def test_lora_and_bottleneck_sources_together_are_refused_by_apply(tmp_path):
     runs = [SavedRun(tmp_path / "a", {"name": "a", "model": "tiny", "targets": ["query"]},
                      {f"{m}.{part}": t for m, (a, b, _) in CHEM.factors.items()
                       for part, t in (("lora_A", a), ("lora_B", b))}),
-            SavedRun(tmp_path / "b", {"name": "b", "model": "tiny", "adapter_kind": "pfeiffer"},
+            SavedRun(tmp_path / "b", {"name": "b", "model": "tiny", "adapter_kind": "pfeiffer",
+                                      "original_ln_before": True, "non_linearity": "relu",
+                                      "adapter_scaling": 1.0},
                      {f"{m}.adapter.{part}": t for m, parts in BOTTLENECKS[0].adapters.items()
                       for part, t in parts.items()})]
     with pytest.raises(ValueError, match="its sources mix kinds of adapters"):
@@ -425,7 +515,7 @@ def test_sweep_fuses_bottleneck_adapters_and_predict_reproduces_it(tmp_path, tin
     folder = tmp_path / "out" / "fused" / "seed42"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["fused_linears"] == 2  # one Pfeiffer position per layer
-    assert metrics["trainable_params"] == 32 * 5 + 5 + 2 * (32 + 32) * 16
+    assert metrics["trainable_params"] == 32 * 5 + 5 + 2 * (3 * 32 * 32 + 2 * 32)
     blocks = [[line.split() for line in block.splitlines()]
               for block in (folder / "predictions.txt").read_text().strip().split("\n\n")]
     tagger = predict.load_run(folder)

@@ -31,28 +31,31 @@ from runs.folders import load_json, run_dir, source_dirs
 LABELS = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
 CASES = [(name, i) for name, method in methods.METHODS.items()
          for i in range(len(method.variants))]
+# The source runs a fusion variant names (`<prefix>-a`, `<prefix>-b`): every method that can feed
+# a fusion, in its first variant, and parallel adapters. prefix -> (method, settings)
+SOURCE_RUNS = {**{m.name: (m.name, m.variants[0]) for m in methods.METHODS.values()
+                  if m.source_kind is not None},
+               "parallel": ("adapter", {"adapter_kind": "parallel"})}
 IDS = [f"{name}-{i}" for name, i in CASES]
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, tiny_encoder) -> dict:
-    """A tiny corpus, the shared settings, and two finished source runs (`<method>-a`,
-    `<method>-b`) of every method that can feed a fusion, in the output folder every case
-    trains into."""
+    """A tiny corpus, the shared settings, and two finished source runs (`<prefix>-a`,
+    `<prefix>-b`) of each of SOURCE_RUNS, in the output folder every case trains into."""
     root = tmp_path_factory.mktemp("methods")
     shared = {"model": str(tiny_encoder), "dataset": str(write_corpus(root / "corpus")),
               "gpu": -1, "epochs": 3, "batch_size": 8, "dropout": 0.0, "warmup_ratio": 0.0,
               "lr_scheduler_type": "constant", "output_dir": str(root / "out"),
               "log_every": 1000}
-    for method in methods.METHODS.values():
-        if method.source_kind is not None:
-            for suffix, seed in (("a", 1), ("b", 2)):
-                source = config_files.make_config(
-                    {**shared, **method.variants[0], "name": f"{method.name}-{suffix}",
-                     "method": method.name, "epochs": 1, "lr": 1e-2, "seed": seed}, "source")
-                train.train(source)
-                # as the sweep would find it: beside the fusion's runs, at the fusion's seed
-                (run_dir(source).rename(run_dir(dataclasses.replace(source, seed=42))))
+    for prefix, (method, settings) in SOURCE_RUNS.items():
+        for suffix, seed in (("a", 1), ("b", 2)):
+            source = config_files.make_config(
+                {**shared, **settings, "name": f"{prefix}-{suffix}", "method": method,
+                 "epochs": 1, "lr": 1e-2, "seed": seed}, "source")
+            train.train(source)
+            # as the sweep would find it: beside the fusion's runs, at the fusion's seed
+            (run_dir(source).rename(run_dir(dataclasses.replace(source, seed=42))))
     return shared
 
 
@@ -192,6 +195,8 @@ def other_value(key: str, value):
         return next(v for v in config_files.ALL_CHOICES[key] if v != value)
     if isinstance(value, bool):
         return not value
+    if value is None:  # a `bool | None` key left at "the kind's own"
+        return True
     if key in ("fusion_weights",):
         return [0.25, 0.75]
     if key == "adapters":

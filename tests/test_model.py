@@ -47,6 +47,27 @@ def test_tagger_emissions_come_from_each_words_first_subword():
     torch.testing.assert_close(tagger.predict(emissions, mask), emissions.argmax(-1))
 
 
+@pytest.mark.parametrize("crf", [False, True])
+def test_the_loss_adds_the_methods_regularizer(crf):
+    """A method's regularizer (fusion's value penalty) joins the loss of the tagging head,
+    with or without a CRF, and its gradient reaches the encoder."""
+    torch.manual_seed(0)
+    head = CRF.for_labels(["O", "B-X", "I-X"]) if crf else None
+    encoder = make_tiny_bert()
+    def penalty(module):
+        return 0.5 * module.embeddings.LayerNorm.weight.sum()
+    plain = model.Tagger(encoder, 3, 0.0, head)
+    regularized = model.Tagger(encoder, 3, 0.0, head, regularizer=penalty)
+    emissions = torch.randn(2, 4, 3)
+    tags = torch.tensor([[0, 1, 2, 0], [1, 0, 0, 0]])
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    loss = regularized.loss(emissions, tags, mask)
+    torch.testing.assert_close(loss, plain.loss(emissions, tags, mask) + penalty(encoder))
+    loss.backward()
+    assert torch.equal(encoder.embeddings.LayerNorm.weight.grad,
+                       torch.full_like(encoder.embeddings.LayerNorm.weight, 0.5))
+
+
 def test_tagger_passes_continues_to_its_crf():
     """A window that continues a sentence may start in I-X; the tagger must say so to the CRF,
     in training and decoding alike."""
