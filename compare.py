@@ -189,9 +189,9 @@ def main(argv: list[str]) -> int:
             bar.close()
     else:
         failed = []
-    rows = report.write_summary(configs, runs, settings)
+    rows, written = report.write_summary(configs, runs, settings)
     print("\nSummary\n" + report.ascii_table(rows))
-    print(f"written: {Path(configs[0].output_dir) / 'summary.md'}, summary.csv, results.jsonl")
+    print(f"written: {written[0]}, {', '.join(path.name for path in written[1:])}")
     if failed:
         print(f"failed runs: {', '.join(r.label for r in failed)}")
         return 1

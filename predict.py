@@ -128,6 +128,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> TrainedTag
     run = Path(path)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run folder")
+    seeds = sorted(p.name + "/" for p in run.glob("seed*") if (p / "config.json").is_file())
+    if seeds and not (run / METRICS).is_file():
+        raise ValueError(f"{run}: an experiment's folder, which holds its runs, one per seed "
+                         f"({', '.join(seeds)}): give one, e.g. {run / seeds[0]}")
     if not (run / METRICS).is_file():
         raise ValueError(f"{run}: unfinished run (no metrics.json)")
     weights = run / "weights.safetensors"

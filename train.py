@@ -180,32 +180,53 @@ def tokenized_splits(corpus: data.Corpus, tokenizer, cache: Path | None = None
 # Measurements and progress
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """Peak memory and what it measures: CUDA allocations of this process, or its peak resident
-    set on the CPU. VmHWM is this process image's own (reset by exec, so a sweep's spawned run
-    does not inherit its parent's); ru_maxrss is the fallback where /proc is absent."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+def process_memory_mb(field: str) -> float | None:
+    """A memory figure of this process from /proc/self/status, MB: `VmRSS` (resident now) or
+    `VmHWM` (peak resident, this process image's own: reset by exec, so a sweep's spawned run
+    does not inherit its parent's); None where /proc is absent."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024, "cpu_peak_rss"
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+    return None
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """Peak memory and what it measures: CUDA allocations of this process, or its peak resident
+    set on the CPU (ru_maxrss where /proc is absent)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    peak = process_memory_mb("VmHWM")
+    return peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_peak_rss"
+
+
+def memory_baseline_mb(device: torch.device) -> float:
+    """What a run's own memory is counted from: on the CPU the resident set before the run loads
+    anything, which is mostly torch and transformers (~0.5 GB, the same for every method); on
+    CUDA 0, since max_memory_allocated counts the run's allocations only."""
+    return (process_memory_mb("VmRSS") or 0.0) if device.type == "cpu" else 0.0
 
 
 class Progress:
     """Training progress: a tqdm bar per epoch on a terminal (step/total, loss, tokens/s, ETA),
-    else a plain line whenever a loss arrives. Losses arrive only at logging steps (a host
-    sync)."""
+    else a plain line whenever a loss arrives. Losses arrive at logging steps, and in a log also
+    whenever `EVERY_SECONDS` have passed without a line (each a host sync), so that someone
+    watching a log file sees the run move whatever `log_every` is."""
+
+    EVERY_SECONDS = 30.0
 
     def __init__(self, label: str, total_steps: int):
         self.label, self.total = label, total_steps
         self.terminal = sys.stderr.isatty()
-        self.started = time.perf_counter()
+        self.started = self.last_line = time.perf_counter()
         self.tokens = 0
         self.bar = None
+
+    def due(self) -> bool:
+        """Whether a line is wanted now, between logging steps."""
+        return not self.terminal and time.perf_counter() - self.last_line >= self.EVERY_SECONDS
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         self.epoch = f"epoch {epoch + 1}/{epochs}"
@@ -227,6 +248,7 @@ class Progress:
             eta = elapsed / step * (self.total - step)
             print(f"{self.label} {self.epoch} step {step}/{self.total} loss {loss:.4f} "
                   f"{rate:.0f} tokens/s ETA {eta:.0f} s", flush=True)
+            self.last_line = time.perf_counter()
 
     def end_epoch(self) -> None:
         if self.bar is not None:
@@ -318,9 +340,10 @@ def train_epoch(model: Tagger, windows: list[data.Window], batches: list[list[in
                 on_log: Callable[[int, int, float], None]) -> tuple[float, int, int, int]:
     """One pass over the training `windows`, one optimisation step per batch of indices in
     `batches`: the forward under autocast, the loss, the step. `step` counts the steps of the
-    earlier epochs. Every `log_every` steps (the loop's only host sync) the loss is checked for
-    NaN and handed to `on_log(epoch, step, loss)`. Returns the epoch's mean loss, the step count
-    after it, and the real and padded tokens it trained on."""
+    earlier epochs. Every `log_every` steps (the loop's host syncs, with the progress line a log
+    gets at least every 30 seconds) the loss is checked for NaN and handed to `on_log(epoch,
+    step, loss)`. Returns the epoch's mean loss, the step count after it, and the real and
+    padded tokens it trained on."""
     model.train()
     loss_sum = torch.zeros((), device=batcher.device)  # summed on the device: no sync per step
     real_tokens = padded_tokens = 0
@@ -344,6 +367,8 @@ def train_epoch(model: Tagger, windows: list[data.Window], batches: list[list[in
             guard.check(epoch)
             logged = loss.item()
             on_log(epoch, step, logged)
+        elif progress.due():
+            logged = loss.item()
         progress.step(step, tokens, logged)
     if batcher.device.type == "cuda":
         torch.cuda.synchronize(batcher.device)
@@ -359,6 +384,7 @@ def run(cfg: Config, out: Path, tracker, log, token_cache: Path | None) -> dict:
     device = pick_device(cfg)
     amp = autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)
+    memory_baseline = memory_baseline_mb(device)
 
     corpus = data.load_corpus(cfg.dataset, cfg.data_dir or None, cfg.train_limit,
                               cfg.eval_limit, cfg.allow_unseen_tags, cfg.tag_scheme)
@@ -476,6 +502,7 @@ def run(cfg: Config, out: Path, tracker, log, token_cache: Path | None) -> dict:
         "train_tokens": real_tokens, "tokens_per_second": real_tokens / train_seconds,
         "padding_fraction": 1 - real_tokens / padded_tokens,
         "peak_memory_mb": peak, "peak_memory_measure": peak_measure,
+        "memory_baseline_mb": memory_baseline,
         "train_windows": len(epoch_windows[0]), "steps": step,
         "steps_per_epoch": steps_per_epoch, **method_report,
     }

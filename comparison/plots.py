@@ -3,11 +3,16 @@
 `write_plots(output_dir, rows, curves)` writes two PNGs next to the sweep's table:
 
 - `pareto.png`: mean test F1 (error bars: std over seeds) against trainable parameters (log
-  axis) and against peak memory, one labelled point per experiment. The methods worth keeping
-  are the ones no other point beats on both axes. An experiment scored on a test set of its
-  own (a single-type corpus) is a hollow point, its label says so: its F1 is on another task.
+  axis) and against the run's own peak memory, one labelled point per experiment. The methods
+  worth keeping are the ones no other point beats on both axes. Memory is CUDA's
+  max_memory_allocated on a GPU, and on the CPU the peak resident set above what the process
+  held before the run loaded anything (torch and transformers, the same ~0.5 GB for every
+  method, which would otherwise bury the differences). An experiment scored on a test set of
+  its own (a single-type corpus) is a hollow point, its label says so: its F1 is on another
+  task.
 - `curves.png`: devel F1 after every epoch, the mean over seeds as a line and, with 2+ seeds,
-  the min-max band around it.
+  the min-max band around it; an experiment on a test set of its own in hollow markers and
+  "(own test set)", as in `pareto.png`.
 
 An experiment has the same colour in both figures (`colours`).
 
@@ -29,7 +34,8 @@ def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[
     """Write `pareto.png` and `curves.png` into `output_dir`; the paths written.
 
     rows: one dict per experiment with `experiment`, `f1` (mean test F1), `f1_std` (None or 0
-    with one seed), `trainable_params` and `peak_memory_mb` (`peak_memory_measure` optional).
+    with one seed), `trainable_params` and `memory_above_baseline_mb` (`peak_memory_measure`
+    and `own_test_set` optional).
     curves: experiment → one list per seed of devel F1 per epoch,
     e.g. {"lora": [[0.41, 0.62], [0.45, 0.60]]}.
     No rows: nothing is written. No curve at all: only `pareto.png`.
@@ -41,7 +47,9 @@ def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[
     palette = colours([row["experiment"] for row in rows] + list(curves))
     written = [save_atomic(pareto_figure(rows, palette), output_dir / "pareto.png")]
     if any(seed for runs in curves.values() for seed in runs):
-        written.append(save_atomic(curves_figure(curves, palette), output_dir / "curves.png"))
+        own = {row["experiment"] for row in rows if row.get("own_test_set")}
+        written.append(save_atomic(curves_figure(curves, palette, own),
+                                   output_dir / "curves.png"))
     return written
 
 
@@ -69,11 +77,11 @@ def pareto_figure(rows: list[dict], palette: dict[str, str]):
 
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     by_params, by_memory = figure.subplots(1, 2, sharey=True)
-    measure = rows[0].get("peak_memory_measure")
-    memory = {"cuda_max_allocated": "CUDA max allocated", "cpu_peak_rss": "process peak RSS"}
+    memory = {"cuda_max_allocated": "peak CUDA memory allocated, MB",
+              "cpu_peak_rss": "peak resident memory above the run's start, MB"}
     panels = ((by_params, "trainable_params", "trainable parameters (log scale)"),
-              (by_memory, "peak_memory_mb", f"peak memory, MB ({memory.get(measure, measure)})"
-               if measure else "peak memory, MB"))
+              (by_memory, "memory_above_baseline_mb",
+               memory.get(rows[0].get("peak_memory_measure"), "peak memory, MB")))
     for axes, key, label in panels:
         for row in rows:
             x, y = row[key], row["f1"]
@@ -102,8 +110,10 @@ def curve_summary(runs: list[list[float]]) -> tuple[list[float], list[float], li
     return [sum(v) / len(v) for v in at], [min(v) for v in at], [max(v) for v in at]
 
 
-def curves_figure(curves: dict[str, list[list[float]]], palette: dict[str, str]):
-    """Devel F1 per epoch: one line per experiment (mean over seeds), min-max band for 2+."""
+def curves_figure(curves: dict[str, list[list[float]]], palette: dict[str, str],
+                  own: set[str] = frozenset()):
+    """Devel F1 per epoch: one line per experiment (mean over seeds), min-max band for 2+; the
+    experiments of `own` (scored on a test set of their own) in hollow markers."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4.5), layout="constrained")
@@ -114,8 +124,10 @@ def curves_figure(curves: dict[str, list[list[float]]], palette: dict[str, str])
             continue
         mean, low, high = curve_summary(runs)
         epochs = list(range(1, len(mean) + 1))
-        line, = axes.plot(epochs, mean, marker="o", markersize=3, color=palette[name],
-                          label=f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        label = f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})"
+        line, = axes.plot(epochs, mean, marker="o", markersize=4, color=palette[name],
+                          markerfacecolor="none" if name in own else palette[name],
+                          label=label + (" (own test set)" if name in own else ""))
         if len(runs) > 1:
             axes.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     axes.set_xlabel("epoch")

@@ -51,10 +51,17 @@ def check_inputs(configs: list[Config]) -> tuple[list[str], dict]:
     for model, names in encoders.items():  # one line per encoder, however many use it
         problem = encoder_problem(model)
         if problem:
-            users = f"experiment {names[0]!r}" if len(names) == 1 else \
-                f"experiments {', '.join(map(repr, names))}"
-            problems.append(f"{users}: {problem}")
+            problems.append(f"{problem} ({used_by(names)})")
     return list(dict.fromkeys(problems)), paths
+
+
+def used_by(names: list[str], shown: int = 3) -> str:
+    """`used by experiment 'a'`, or by count and the first few: `used by 49 experiments: 'full',
+    'lora-r16', 'lora-r16-crf', …`."""
+    if len(names) == 1:
+        return f"used by experiment {names[0]!r}"
+    more = ", …" if len(names) > shown else ""
+    return f"used by {len(names)} experiments: {', '.join(map(repr, names[:shown]))}{more}"
 
 
 def encoder_problem(name: str, timeout: float = 5.0) -> str | None:

@@ -79,6 +79,8 @@ def summarise(configs: list[config.Config], finished: dict[str, list[dict]],
                 "train_seconds": mean_std([r["train_seconds"] for r in runs])[0],
                 "tokens_per_second": mean_std([r["tokens_per_second"] for r in runs])[0],
                 "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
+                "memory_above_baseline_mb": max(r["peak_memory_mb"] - r["memory_baseline_mb"]
+                                                for r in runs),
                 "peak_memory_measure": runs[0]["peak_memory_measure"]})
         rows.append(row)
     by_name = {r["experiment"]: r for r in rows}
@@ -190,7 +192,8 @@ CSV_FIELDS = ["experiment", "method", "lr", "runs", "dataset", "f1", "f1_std", "
               "delta_f1", "delta_ci_low", "delta_ci_high", "p_value", "pairs",
               "selected_on_devel", "precision",
               "recall", "trainable_params", "trainable_percent", "setup_seconds",
-              "train_seconds", "tokens_per_second", "peak_memory_mb", "peak_memory_measure",
+              "train_seconds", "tokens_per_second", "peak_memory_mb", "memory_above_baseline_mb",
+              "peak_memory_measure",
               "baseline", "failed"]
 
 
@@ -295,8 +298,9 @@ def collect(runs: list[sweep.Run]) -> tuple[dict, dict, list[dict]]:
     return finished, failures, lines
 
 
-def write_summary(configs, runs, settings) -> list[dict]:
-    """Rebuild every summary file from the records: results.jsonl, summary.md/.csv, plots."""
+def write_summary(configs, runs, settings) -> tuple[list[dict], list[Path]]:
+    """Rebuild every summary file from the records: results.jsonl, summary.md/.csv, plots. The
+    table's rows, and the files written."""
     output_dir = Path(configs[0].output_dir)
     finished, failures, lines = collect(runs)
     rows = summarise(configs, finished, failures, settings)
@@ -310,6 +314,7 @@ def write_summary(configs, runs, settings) -> list[dict]:
         plots = plotting.write_plots(output_dir, [r for r in rows if r["runs"]], curves)
     write_atomic(output_dir / "summary.md", markdown_table(rows, plots))
     write_atomic(output_dir / "summary.csv", csv_table(rows))
-    return rows
+    return rows, [output_dir / name for name in ("summary.md", "summary.csv", "results.jsonl")
+                  ] + plots
 
 

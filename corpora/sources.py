@@ -49,7 +49,12 @@ def find_corpus(dataset: str, data_dir: str | None) -> dict[str, Path]:
     """
     folder = Path(dataset).expanduser()
     if not folder.is_dir():
+        named = "the config key 'data_dir'" if data_dir else f"${DATA_DIR_ENV}"
         data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+        if data_dir and not Path(data_dir).expanduser().is_dir():
+            raise FileNotFoundError(
+                f"data directory {data_dir!r} (from {named}) does not exist: point it at a "
+                f"folder of corpora, or unset it to download the known corpora")
         if data_dir:
             folder = Path(data_dir).expanduser() / dataset
             if not folder.is_dir():

@@ -15,6 +15,7 @@ A key of another method's in a block (`rank` in a `method: full` block) is one o
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import itertools
 import re
@@ -73,9 +74,10 @@ def coerce(value, kind, key: str):
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             fail()
-        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(kind)})
+        fields = [f.name for f in dataclasses.fields(kind)]
+        unknown = sorted(set(value) - set(fields))
         if unknown:
-            raise ConfigError(f"unknown key '{key}.{unknown[0]}'")
+            raise ConfigError(f"unknown key '{key}.{unknown[0]}'{suggestion(unknown[0], fields)}")
         hints = typing.get_type_hints(kind)
         return kind(**{k: coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
     if kind is bool:
@@ -133,35 +135,45 @@ def value_problems(cfg: Config) -> list[tuple[str, str]]:
     return problems
 
 
-def make_config(values: dict, source: str = "config", where=None) -> Config:
-    """A checked Config from plain values. `source` names the experiment in errors;
-    `where(key)` says where a key's value was written (file:line), default `source`."""
-    where = where or (lambda key: None)
-    problems: list[tuple[str, str]] = []
-    if "fusion" in values:  # the key's name before it stopped sharing one with fusion.py
-        if "fusion_mode" in values:
-            problems.append(("fusion", "key 'fusion' is the old name of 'fusion_mode': keep one"))
-            values = {k: v for k, v in values.items() if k != "fusion"}
-        else:
-            print(f"{where('fusion') or source}: key 'fusion' is now 'fusion_mode'; read as such")
-            values = {("fusion_mode" if k == "fusion" else k): v for k, v in values.items()}
+def suggestion(word: str, known) -> str:
+    """`; did you mean 'epochs'?` for the closest of `known` to a misspelled `word`, or ''."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def renamed(values: dict, where: str) -> tuple[dict, list[tuple[str, str]]]:
+    """`values` with keys under their present names, and (key, problem) for a key given under
+    both names. `where` says, in the note printed for an old name, where it was written."""
+    if "fusion" not in values:  # fusion_mode's name before it stopped sharing one with fusion.py
+        return values, []
+    if "fusion_mode" in values:
+        return ({k: v for k, v in values.items() if k != "fusion"},
+                [("fusion", "key 'fusion' is the old name of 'fusion_mode': keep one")])
+    print(f"{where}: key 'fusion' is now 'fusion_mode'; read as such")
+    return {("fusion_mode" if k == "fusion" else k): v for k, v in values.items()}, []
+
+
+def typed_values(values: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """The keys of `values` that a Config has, each as its type, and (key, what is wrong) for
+    each unknown key (with the nearest known one) and each value of the wrong type."""
     hints = typing.get_type_hints(Config)
-    typed = {}
+    typed, problems = {}, []
     for key, value in values.items():
         if key not in hints:
-            problems.append((key, f"unknown key {key!r} (known: {', '.join(hints)})"))
+            problems.append((key, f"unknown key {key!r}{suggestion(key, hints)}"))
             continue
         try:
             typed[key] = coerce(value, hints[key], key)
         except ConfigError as error:
             problems.append((key, str(error)))
-    cfg = None
-    if not problems:
-        cfg = Config(**typed)
-        problems = value_problems(cfg)
-    if problems:
-        raise ConfigError("\n".join(": ".join(filter(None, (where(key), source, message)))
-                                    for key, message in problems))
+    return typed, problems
+
+
+def resolved(cfg: Config) -> tuple[Config, list[tuple[str, str]]]:
+    """`cfg` with what its keys mean written out: `fp16` as the precision, target presets as the
+    linears they name, `lr: 0` as the method's default, and the keys its method resolves (a
+    bottleneck adapter's kind defaults); and (key, what is wrong) where the method rules a
+    value out. Call it on a config whose values pass `value_problems`."""
     if cfg.fp16:
         cfg.precision = "fp16"
     cfg.targets = inject.expand_targets(cfg.targets)  # the linears themselves, from here on
@@ -170,12 +182,25 @@ def make_config(values: dict, source: str = "config", where=None) -> Config:
         cfg.lr = method.default_lr
     if method.resolve is not None:  # keys whose default depends on others, filled in
         try:
-            resolved = method.resolve(cfg)
-        except ValueError as error:
-            key, message = error.args
-            raise ConfigError(": ".join(filter(None, (where(key), source, message)))) from error
-        for key, value in resolved.items():
+            values = method.resolve(cfg)
+        except ValueError as error:  # (key, message)
+            return cfg, [error.args]
+        for key, value in values.items():
             setattr(cfg, key, value)
+    return cfg, []
+
+
+def make_config(values: dict, source: str = "config") -> Config:
+    """A checked, resolved Config from plain values (a run's config.json, a test's dict): every
+    problem in one ConfigError, a line each, prefixed by `source`."""
+    values, problems = renamed(values, source)
+    typed, more = typed_values(values)
+    cfg = Config(**typed)  # what could be read; the rest keeps its (valid) defaults
+    problems += more + value_problems(cfg)
+    if not problems:
+        cfg, problems = resolved(cfg)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {message}" for _, message in problems))
     return cfg
 
 
@@ -230,12 +255,10 @@ def expand_grid(block: dict) -> list[dict]:
     """One block per combination of the block's `grid:` values (itself if it has none).
     Values are typed first, so a grid over `lr: [5e-4, 1e-3]` names `lr=0.0005`."""
     grid = block.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError("key 'grid' expects a mapping of key: [values, ...]")
     hints = typing.get_type_hints(Config)
     unknown = sorted(set(grid) - set(hints))
     if unknown:
-        raise ConfigError(f"grid: unknown key {unknown[0]!r}")
+        raise ConfigError(f"grid: unknown key {unknown[0]!r}{suggestion(unknown[0], hints)}")
     if {"grid", "name"} & set(grid):
         raise ConfigError("grid: cannot vary 'name' or 'grid'")
     typed = {k: [coerce(v, hints[k], f"grid.{k}") for v in values] for k, values in grid.items()}
@@ -248,7 +271,11 @@ def expand_grid(block: dict) -> list[dict]:
 def experiment_configs(path: str | Path, overrides: dict | None = None) -> list[Config]:
     """One Config per experiment of the file (grids expanded); its top-level keys are their
     defaults, and command-line overrides win over both. A file without `experiments:` is a
-    single experiment. Every problem of every experiment is reported together."""
+    single experiment.
+
+    Every problem of the file is reported together, once, where it was made: a top-level key's
+    at its line, a command line's as `command line --key`, a block's at its line with the
+    experiment's name. A misspelled key names the nearest known one."""
     values, lines = read_yaml(path)
     for key in SWEEP_KEYS:
         values.pop(key, None)
@@ -259,33 +286,53 @@ def experiment_configs(path: str | Path, overrides: dict | None = None) -> list[
     overrides = {k: v for k, v in (overrides or {}).items() if k not in SWEEP_KEYS}
     if "output_dir" not in values and "output_dir" not in overrides:
         values["output_dir"] = str(Path("outputs") / Path(path).stem)  # each config its own
-    configs, problems = [], []
+
+    def at(line_key) -> str:
+        return f"{path}:{lines[line_key]}" if line_key in lines else str(path)
+
+    # The top level and the command line, once each
+    values, problems = renamed(values, at("fusion"))
+    top, more = typed_values(values)
+    problems = [f"{at(key)}: {message}" for key, message in problems + more]
+    command_line, more = typed_values(overrides)
+    problems += [f"command line --{key}: {message}" for key, message in more]
+    # Each block, and each experiment it expands into
+    configs = []
     for i, block in enumerate(blocks):
         label = f"experiments[{i}]" + (f" ({block['name']})" if "name" in block else "")
 
-        def where(key, i=i, block=block):
+        def where(key, i=i, block=block) -> tuple[str, bool]:
+            """Where `key`'s value was written, and whether in this block."""
             if key in overrides:
-                return f"command line --{key}"
-            if key not in block and key not in values:  # a grid's key: the grid's line
-                key = "grid"
-            line = lines.get(("experiments", i, key)) if key in block else lines.get(key)
-            return f"{path}:{line}" if line else str(path)
+                return f"command line --{key}", False
+            if key in block or key not in values:  # a grid's key: the grid's line
+                return at(("experiments", i, key if key in block else "grid")), True
+            return at(key), False
 
+        block, renaming = renamed(block, at(("experiments", i, "fusion")))
+        own, more = typed_values(block)
+        problems += [f"{at(('experiments', i, key))}: {label}: {message}"
+                     for key, message in renaming + more]
         try:
-            expanded = expand_grid({**values, **block, **overrides})
+            expanded = expand_grid({**top, **own, **command_line})
         except ConfigError as error:
-            problems.append(f"{where('grid')}: {label}: {error}")
+            problems.append(f"{where('grid')[0]}: {label}: {error}")
             continue
         for one in expanded:
             source = f"{label} {one['name']}" if one.get("grid") else label
-            try:
-                cfg = make_config(one, source, where)
-            except ConfigError as error:
-                problems += str(error).splitlines()
-                continue
+            cfg = Config(**one)
             written = [*block, *(block.get("grid") or [])]  # this block's own keys
-            problems += [f"{where(key)}: {source}: {problem}"
-                         for key, problem in foreign_keys(cfg, written)]
+            found = value_problems(cfg)
+            if not found:
+                cfg, found = resolved(cfg)
+            for key, message in found:
+                place, in_block = where(key)
+                if not in_block:  # the top level's or the command line's, said once
+                    problems.append(f"{place}: {message}")
+                elif KEY_OWNERS.get(key, cfg.method) == cfg.method:  # else: foreign, below
+                    problems.append(f"{place}: {source}: {message}")
+            problems += [f"{where(key)[0]}: {source}: {message}"
+                         for key, message in foreign_keys(cfg, written)]
             configs.append(cfg)
     names = [c.name for c in configs]
     duplicated = sorted({n for n in names if names.count(n) > 1})

@@ -52,23 +52,33 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _publish(temporary: Path, path: Path) -> None:
+    """Rename the finished `temporary` to `path`, with the mode an ordinary new file gets (0666
+    less the umask): a library that writes its own files (safetensors: 0600) would otherwise
+    keep colleagues on a shared output folder from reading them."""
+    umask = os.umask(0o022)  # read by setting it, and set straight back
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+
+
 def write_atomic(path: Path, text: str) -> None:
     temporary = _temporary(path)
     temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    _publish(temporary, path)
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
     temporary = _temporary(path)
     temporary.write_bytes(payload)
-    os.replace(temporary, path)
+    _publish(temporary, path)
 
 
 def save_weights_atomic(path: Path, state: dict[str, torch.Tensor], metadata: dict) -> None:
     temporary = _temporary(path)
     save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(temporary),
               metadata={k: json.dumps(v) for k, v in metadata.items()})
-    os.replace(temporary, path)
+    _publish(temporary, path)
 
 
 def write_folder_atomic(folder: Path, files: dict[str, bytes]) -> None:
@@ -79,7 +89,7 @@ def write_folder_atomic(folder: Path, files: dict[str, bytes]) -> None:
     shutil.rmtree(temporary, ignore_errors=True)  # left by a crash of a process of this id
     temporary.mkdir()
     for name, payload in files.items():
-        (temporary / name).write_bytes(payload)
+        write_bytes_atomic(temporary / name, payload)
     old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
     if folder.exists():
         os.replace(folder, old)

@@ -122,12 +122,11 @@ def test_the_smallest_example_two_problems_two_lines(tmp_path):
         [f"{path}:2:", f"{path}:4:"]
 
 
-def test_a_shared_top_level_problem_points_at_its_line(tmp_path):
+def test_a_shared_top_level_problem_is_said_once_at_its_line(tmp_path):
     path = write_yaml(tmp_path, "seed: 1\nepochs: 0\nexperiments:\n  - {name: a}\n"
-                                "  - {name: b, epochs: 2}\n")
-    [message] = problems(path)  # b sets its own epochs: only a inherits the bad value
-    assert message.startswith(f"{path}:2: ") and "experiments[0]" in message
-    assert "'epochs' must be >= 1" in message
+                                "  - {name: b}\n  - {name: c, epochs: 2}\n")
+    [message] = problems(path)  # a and b inherit the bad value: one line, the top level's
+    assert message == f"{path}:2: key 'epochs' must be >= 1, found 0"
 
 
 @pytest.mark.parametrize("text, line", [("name: a\nrank: [\n", 3),
@@ -190,7 +189,7 @@ def test_a_grid_over_two_keys_is_their_product(tmp_path):
 @pytest.mark.parametrize("grid, words", [
     ("{lrr: [1e-3]}", "unknown key 'lrr'"),
     ("{rank: [four]}", "'grid.rank' expects int"),
-    ("{rank: []}", "grid"),
+    ("{lr: []}", "grid"),
     ("[1, 2]", "grid"),
     ("{name: [a, b]}", "'name'"),
 ])
@@ -241,8 +240,8 @@ def test_the_old_fusion_key_is_read_as_fusion_mode(tmp_path, capsys):
 
 
 def test_the_old_and_new_fusion_keys_together_are_one_error(tmp_path):
-    path = write_yaml(tmp_path, "experiments:\n  - {name: a, fusion: attention,"
-                                " fusion_mode: merge}\n")
+    path = write_yaml(tmp_path, "experiments:\n  - {name: a, method: fusion, adapters: [x],"
+                                " fusion: attention, fusion_mode: merge}\n")
     lines = problems(path)
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"{path}:2: ") and "'fusion'" in lines[0]
@@ -264,12 +263,14 @@ def test_a_bad_gpu_is_rejected(tmp_path, value):
 
 
 @pytest.mark.parametrize("values, expected", [
-    ({"epochs": "x", "nope": 1, "rank": 0}, ["'epochs' expects int", "unknown key 'nope'"]),
+    ({"epochs": "x", "nope": 1, "rank": 0}, ["'epochs' expects int", "unknown key 'nope'",
+                                             "'rank' must be >= 1"]),
     ({"rank": 0, "dropout": 2.0, "gpu": -3}, ["'rank' must be >= 1", "'dropout' must be in",
                                               "'gpu' must be"]),
 ])
 def test_make_config_reports_every_problem_in_one_error(values, expected):
-    """Types and names first (a range means nothing for a wrong type), then every range."""
+    """Unknown keys, wrong types and ranges together (a key of the wrong type keeps its
+    default, so its range is not judged)."""
     with pytest.raises(config.ConfigError) as error:
         config_files.make_config(values, "here")
     lines = str(error.value).splitlines()
@@ -448,3 +449,38 @@ def test_help_lists_every_method_of_the_table():
         assert f"  {method.name}: trains " in text
     assert "lr_scheduler_type (default 'linear'): how the learning rate decays after warm-up " \
            "(one of: linear, cosine, constant)" in " ".join(text.split())
+
+
+# ------------------------------------------------------------------ one line per mistake, at its place
+
+
+def test_a_misspelled_top_level_key_is_one_line_at_its_line_with_the_nearest_key(tmp_path):
+    path = write_yaml(tmp_path, "model: m\nepocs: 2\nexperiments:\n" +
+                      "".join(f"  - {{name: e{i}}}\n" for i in range(8)))
+    assert problems(path) == [f"{path}:2: unknown key 'epocs'; did you mean 'epochs'?"]
+
+
+def test_mistakes_at_the_top_and_in_a_block_are_reported_together(tmp_path):
+    path = write_yaml(tmp_path, "epocs: 2\nexperiments:\n  - {name: full}\n"
+                                "  - {name: lora, method: lora, rank: -3, reductoin: 4}\n")
+    assert problems(path) == [
+        f"{path}:1: unknown key 'epocs'; did you mean 'epochs'?",
+        f"{path}:4: experiments[1] (lora): unknown key 'reductoin'; did you mean 'reduction'?",
+        f"{path}:4: experiments[1] (lora): key 'rank' must be >= 1, found -3"]
+
+
+def test_command_line_mistakes_are_one_line_each_blaming_the_command_line(tmp_path):
+    path = write_yaml(tmp_path, "experiments:\n  - {name: full}\n  - {name: lora, method: lora}\n"
+                                "  - {name: f, method: fusion, adapters: [lora]}\n")
+    with pytest.raises(config.ConfigError) as error:
+        config_files.experiment_configs(path, {"epocs": 2, "rank": -3})
+    assert str(error.value).splitlines() == [
+        "command line --epocs: unknown key 'epocs'; did you mean 'epochs'?",
+        "command line --rank: key 'rank' must be >= 1, found -3"]
+
+
+def test_a_misspelled_choice_or_nested_key_names_the_nearest_one(tmp_path):
+    assert problems(write_yaml(tmp_path, "aug: {pp: 0.3}\n")) == \
+        [f"{tmp_path / 'x.yml'}:1: unknown key 'aug.pp'; did you mean 'p'?"]
+    [grid] = problems(write_yaml(tmp_path, "experiments:\n  - {name: a, grid: {lrr: [1]}}\n"))
+    assert grid.endswith("grid: unknown key 'lrr'; did you mean 'lr'?")

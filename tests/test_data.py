@@ -331,3 +331,16 @@ def test_collate_pads_to_multiples_of_16_with_masks(tokenizer):
         assert row[:len(w.word_starts)].all() and not row[len(w.word_starts):].any()
         assert torch.equal(batch["input_ids"][b, batch["word_index"][b, :len(w.word_starts)]],
                            torch.tensor([w.input_ids[s] for s in w.word_starts]))
+
+
+@pytest.mark.parametrize("from_env", [True, False])
+def test_a_data_directory_that_does_not_exist_says_so_and_how_to_do_without(
+        tmp_path, monkeypatch, from_env):
+    missing = str(tmp_path / "no-such-dir")
+    monkeypatch.setenv(sources.DATA_DIR_ENV, missing)
+    with pytest.raises(FileNotFoundError) as error:
+        sources.find_corpus("bc5cdr", None if from_env else missing)
+    named = "$NER_DATA_DIR" if from_env else "the config key 'data_dir'"
+    assert str(error.value) == (f"data directory {missing!r} (from {named}) does not exist: "
+                                f"point it at a folder of corpora, or unset it to download the "
+                                f"known corpora")

@@ -15,7 +15,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def row(name: str, f1: float, std: float | None, params: int, memory: float) -> dict:
     return {"experiment": name, "f1": f1, "f1_std": std, "trainable_params": params,
-            "peak_memory_mb": memory, "peak_memory_measure": "cpu_peak_rss"}
+            "memory_above_baseline_mb": memory, "peak_memory_measure": "cpu_peak_rss"}
 
 
 ROWS = [row("full", 0.79, 0.004, 22_567_301, 1900.0), row("lora-r16", 0.77, None, 296_837, 1200.0),
@@ -45,7 +45,7 @@ def test_pareto_draws_one_labelled_point_per_experiment():
     figure = plots.pareto_figure(ROWS, plots.colours([r["experiment"] for r in ROWS]))
     by_params, by_memory = figure.axes
     assert by_params.get_xscale() == "log" and by_memory.get_xscale() == "linear"
-    for axes, key in ((by_params, "trainable_params"), (by_memory, "peak_memory_mb")):
+    for axes, key in ((by_params, "trainable_params"), (by_memory, "memory_above_baseline_mb")):
         assert len(axes.containers) == len(ROWS)  # one errorbar per experiment
         for bar, r in zip(axes.containers, ROWS):
             data_line, _, (vertical,) = bar.lines
@@ -53,7 +53,7 @@ def test_pareto_draws_one_labelled_point_per_experiment():
             [(bottom, top)] = vertical.get_segments()
             assert top[1] - bottom[1] == pytest.approx(2 * (r["f1_std"] or 0.0))
         assert [t.get_text() for t in axes.texts] == [r["experiment"] for r in ROWS]
-    assert "RSS" in by_memory.get_xlabel()
+    assert by_memory.get_xlabel() == "peak resident memory above the run's start, MB"
 
 
 def test_curves_are_the_mean_over_seeds_with_a_band_for_several():
@@ -91,10 +91,14 @@ def test_an_experiment_has_one_colour_in_both_figures_and_its_own_test_set_is_ma
     pareto = plots.pareto_figure(rows, palette)
     points = {r["experiment"]: bar.lines[0] for r, bar in zip(rows, pareto.axes[0].containers)}
     lines = {line.get_label().split(" (")[0]: line
-             for line in plots.curves_figure(curves, palette).axes[0].lines}
+             for line in plots.curves_figure(curves, palette, {"lora-chem"}).axes[0].lines}
     for name, line in lines.items():
         assert line.get_color() == points[name].get_color()
     assert len({p.get_color() for p in points.values()}) == len(points)
     assert points["lora-chem"].get_markerfacecolor() == "none"
     assert points["full"].get_markerfacecolor() != "none"
     assert "lora-chem (own test set)" in [t.get_text() for t in pareto.axes[0].texts]
+    # curves.png marks it the same way: hollow markers, and its legend says so
+    assert lines["lora-chem"].get_markerfacecolor() == "none"
+    assert lines["full"].get_markerfacecolor() != "none"
+    assert lines["lora-chem"].get_label() == "lora-chem (1 seed) (own test set)"

@@ -151,6 +151,9 @@ ERRORS = {
     "missing folder": (lambda run, tmp: tmp / "nowhere", "no such run folder"),
     "unfinished": (lambda run, tmp: broken_copy(
         run, tmp, lambda c: (c / "metrics.json").unlink()), "unfinished run (no metrics.json)"),
+    "an experiment's folder": (lambda run, tmp: run.parent,
+                               ("an experiment's folder, which holds its runs, one per seed "
+                               "(seed42/): give one, e.g. ")),
     "no weights": (lambda run, tmp: broken_copy(
         run, tmp, lambda c: (c / "weights.safetensors").unlink()), "save_weights: false"),
     "not safetensors": (lambda run, tmp: broken_copy(

@@ -75,7 +75,8 @@ def test_grid_marks_the_best_devel_combination_and_never_uses_test(tmp_path):
                                                   "per_type": {}},
                 "devel": {"f1": devel}, "trainable_params": 1, "total_params": 1,
                 "setup_seconds": 0, "train_seconds": 1, "tokens_per_second": 1,
-                "peak_memory_mb": 1, "peak_memory_measure": "cpu_peak_rss"}
+                "peak_memory_mb": 1, "memory_baseline_mb": 0.5,
+                "peak_memory_measure": "cpu_peak_rss"}
 
     # The first combination is better on devel, the second on test: devel decides.
     finished = {"lora[lr=0.001]": [run("lora[lr=0.001]", 0.9, 0.1)],

@@ -446,12 +446,15 @@ def test_an_encoder_neither_cached_nor_reachable_is_one_line_before_anything_run
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     path = write_sweep(tmp_path, "dmis-lab/biobert-base-cased-v1.2", tiny_corpus,
-                       "  - {name: a}\n  - {name: b, method: lora}\n")
+                       "".join(f"  - {{name: e{i}}}\n" for i in range(5)))
     started = time.perf_counter()
     assert compare.main([str(path)]) == 2
     assert time.perf_counter() - started < 10
-    [line] = capsys.readouterr().err.strip().splitlines()  # once, though two experiments use it
-    assert "model 'dmis-lab/biobert-base-cased-v1.2' is not in the Hugging Face cache" in line
+    [line] = capsys.readouterr().err.strip().splitlines()  # once, though five experiments use it
+    # the encoder and the fix first, the experiments by count at the end
+    assert line.startswith("model 'dmis-lab/biobert-base-cased-v1.2' is not in the Hugging Face "
+                           "cache")
+    assert line.endswith("(used by 5 experiments: 'e0', 'e1', 'e2', …)")
     assert str(tmp_path / "empty-cache") in line and "model: /path/to/folder" in line
     assert ("offline (HF_HUB_OFFLINE)" in line) == offline
     assert ("(http://127.0.0.1:9) cannot be reached" in line) != offline
@@ -465,5 +468,14 @@ def test_an_encoder_folder_without_weights_or_tokenizer_is_named(tmp_path, tiny_
     path = write_sweep(tmp_path, folder, tiny_corpus, "  - {name: a}\n")
     assert compare.main([str(path)]) == 2
     error = capsys.readouterr().err.strip()
-    assert error == (f"experiment 'a': model '{folder}': folder {folder} lacks weights "
-                     f"(*.safetensors or *.bin), a tokenizer (tokenizer.json or vocab.txt)")
+    assert error == (f"model '{folder}': folder {folder} lacks weights (*.safetensors or *.bin), "
+                     f"a tokenizer (tokenizer.json or vocab.txt) (used by experiment 'a')")
+
+
+def test_the_closing_line_names_every_file_the_table_rebuilt(tmp_path, tiny_encoder, tiny_corpus,
+                                                             capsys):
+    path = write_sweep(tmp_path, tiny_encoder, tiny_corpus, "  - {name: a}\n")
+    assert compare.main([str(path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"written: {tmp_path / 'out' / 'summary.md'}, summary.csv, results.jsonl, "
+                    f"pareto.png, curves.png")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -188,8 +189,11 @@ def test_cli_runs_one_experiment(tmp_path, tiny_encoder, capsys):
 
 
 @pytest.mark.parametrize("text, args, words", [
-    ("epochs: 1\nrank: 0\n", [], ":2: experiments[0]: key 'rank' must be >= 1"),
-    ("epochs: 1\n", ["--rank=0"], "command line --rank: experiments[0]: key 'rank' must be"),
+    ("epochs: 1\nrank: 0\n", [], ":2: key 'rank' must be >= 1, found 0"),
+    ("epochs: 1\n", ["--rank=0"], "command line --rank: key 'rank' must be >= 1, found 0"),
+    ("epocs: 1\n", [], ":1: unknown key 'epocs'; did you mean 'epochs'?"),
+    ("epochs: 1\n", ["--epocs=1"], ("command line --epocs: unknown key 'epocs'; did you mean "
+                                    "'epochs'?")),
     ("epochs: 1\n", ["--lr"], "expected --key=value"),
     ("epochs: [\n", [], ":2: not valid YAML"),
 ])
@@ -200,6 +204,22 @@ def test_cli_bad_config_is_status_2_and_one_line(tmp_path, capsys, text, args, w
     captured = capsys.readouterr()
     [line] = captured.err.strip().splitlines()
     assert words in line and captured.out == ""
+
+
+def test_every_file_a_run_writes_follows_the_umask(tmp_path, tiny_encoder, tiny_corpus):
+    """A colleague on a shared output folder reads what a run writes: every file gets the mode
+    an ordinary new file gets, whoever wrote it (safetensors alone would write 0600)."""
+    umask = os.umask(0o002)
+    try:
+        cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, epochs=1, method="lora")
+        train.train(cfg)
+    finally:
+        os.umask(umask)
+    files = [p for p in run_dir(cfg).rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"weights.safetensors", "adapter_model.safetensors",
+                                       "metrics.json", "predictions.txt"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == \
+        {p.name: oct(0o664) for p in files}
 
 
 def test_cli_help_prints_usage_and_every_key(capsys):
@@ -463,3 +483,15 @@ def test_asking_for_cuda_without_it_is_said_once(monkeypatch):
     assert train.device_notice([config.Config(gpu=[-1])]) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert train.device_notice(configs) is None
+
+
+def test_a_log_gets_a_progress_line_every_so_often_whatever_log_every_is(
+        tmp_path, tiny_encoder, tiny_corpus, monkeypatch, capsys):
+    monkeypatch.setattr(train.Progress, "EVERY_SECONDS", 0.0)  # "every 30 s", as if slow
+    cfg = tiny_config(tmp_path, tiny_encoder, tiny_corpus, epochs=1, log_every=1000)
+    metrics = train.train(cfg)
+    lines = [line for line in capsys.readouterr().out.splitlines() if " step " in line]
+    assert len(lines) == metrics["steps"]  # a line after every step, each with its loss
+    assert all("loss" in line and "tokens/s" in line for line in lines)
+    logged = [json.loads(line) for line in (run_dir(cfg) / "log.jsonl").read_text().splitlines()]
+    assert not [entry for entry in logged if "loss" in entry]  # the log file keeps log_every
