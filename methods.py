@@ -2,8 +2,9 @@
 
 Each `Method` says what a reader, the checker, the tagger, the sweep and the run files need to
 know: its name, its own config keys and their choices, how it changes the encoder and what then
-trains, its default learning rate, what a run of it exports, and whether a fusion can take it
-as a source. Everything else asks this table: no caller tests a method's name.
+trains, its default learning rate, what a run of it exports (beside the run, and as a plain
+BERT tagger through export.py, or why not), and whether a fusion can take it as a source.
+Everything else asks this table: no caller tests a method's name.
 
 A method's own keys (`keys`) mean nothing to the other methods: set in another method's block
 they are an error, and only its own runs' fingerprints contain them. Top-level keys and
@@ -11,7 +12,9 @@ command-line overrides are defaults for every method that uses them. The CRF hea
 entity-swap augmentation are not methods but options of any method (`crf: true`, `aug:`).
 
 Adding a method: write its file (modules, `apply(encoder, cfg, sources) -> report`, a slow
-reference and tests), add its keys to `config.Config` if it has any, and add one entry below.
+reference and tests), add its keys to `config.Config` if it has any, and add one entry below,
+saying whether and how export.py can make a plain BERT tagger of its runs (`to_plain`, or
+`not_plain`: why not and what works instead).
 The conformance suite (tests/test_methods.py) then runs it through every check. Adding an entry
 retrains nothing else: a run's fingerprint holds the code of its own method's functions only
 (comparison/fingerprint.py finds the files from the functions).
@@ -30,6 +33,7 @@ import fusion
 import ia3
 import inject
 import lora
+import plain
 import prefix
 import selective
 from formats import peft
@@ -86,6 +90,13 @@ class Method:
     resolve: Callable | None = None
     # a penalty the training loss adds: regularizer(encoder) -> scalar tensor
     regularizer: Callable | None = None
+    # export.py's plain BertForTokenClassification: how a built tagger's encoder becomes a plain
+    # BERT encoder computing the same function, to_plain(encoder, cfg), in place (plain.py: LoRA
+    # merged, IA3 folded; `plain.unchanged` when it is one already). None: it never can
+    to_plain: Callable | None = None
+    # why a run of it cannot be exported so, and what works instead: not_plain(cfg) -> one
+    # line, or "" for a run that can (a fusion: merge mode only); needed when to_plain is None
+    not_plain: Callable | None = None
     # settings the conformance suite runs it with: every preset a reader may choose
     variants: tuple[dict, ...] = ({},)
 
@@ -179,7 +190,8 @@ METHODS = {method.name: method for method in (
     Method(
         name="full", trains="every encoder weight and the head",
         # the devel choice of configs/study_cpu.yml (MiniLM, 1,000 BC5CDR sentences, 3 epochs)
-        default_lr=4e-4, apply=None, trainable=".", count=encoder_count),
+        default_lr=4e-4, apply=None, trainable=".", count=encoder_count,
+        to_plain=plain.unchanged),
     Method(
         name="lora", trains="low-rank adapters on the target linears, and the head",
         # study_cpu.yml's devel choice: LoRA trains new weights from zero and wants ten times
@@ -189,7 +201,7 @@ METHODS = {method.name: method for method in (
         count=lora_count,
         keys=("rank", "alpha", "lora_dropout", "targets", "rslora", "dora", "lora_plus_ratio"),
         export=peft.lora_files, export_folder="peft",
-        optimizer_groups=lora.optimizer_groups, source_kind="lora",
+        optimizer_groups=lora.optimizer_groups, source_kind="lora", to_plain=plain.merge_lora,
         variants=({}, {"targets": ["all-linear"]}, {"dora": True},
                   {"dora": True, "targets": ["all-linear"], "lora_dropout": 0.1},
                   {"lora_plus_ratio": 16.0}, {"targets": ["query", "value"], "rslora": True})),
@@ -203,7 +215,7 @@ METHODS = {method.name: method for method in (
         keys=("adapter_kind", "reduction", "original_ln_before", "non_linearity",
               "adapter_scaling"),
         choices={"adapter_kind": adapters.KINDS, "non_linearity": adapters.NON_LINEARITIES},
-        source_kind="adapter", resolve=adapters.resolve,
+        source_kind="adapter", resolve=adapters.resolve, not_plain=plain.adapter_refusal,
         # AdapterHub's SeqBnConfig, DoubleSeqBnConfig and ParBnConfig, then this project's
         # earlier variants (the adapter reads h, relu)
         variants=({"adapter_kind": "pfeiffer"}, {"adapter_kind": "houlsby", "reduction": 8},
@@ -217,22 +229,23 @@ METHODS = {method.name: method for method in (
         # configs/peft_cpu.yml's devel choice: vectors that start at 1 move slowly, and at 96
         # steps want far more than its paper's 3e-3 (3e-1 was worse)
         default_lr=1e-1, apply=ia3.apply, trainable=r"\.ia3_scale$", count=ia3_count,
-        export=peft.ia3_files, export_folder="peft"),
+        export=peft.ia3_files, export_folder="peft", to_plain=plain.fold_ia3),
     Method(
         name="bitfit", trains="every bias of the encoder (LayerNorm's too), and the head",
         # configs/peft_cpu.yml's devel choice (Ben Zaken et al. search 1e-4 to 1e-3 for
         # BERT-base at many steps)
-        default_lr=1e-2, apply=selective.bitfit, trainable=r"\.bias$", count=bitfit_count),
+        default_lr=1e-2, apply=selective.bitfit, trainable=r"\.bias$", count=bitfit_count,
+        to_plain=plain.unchanged),
     Method(
         name="layernorm", trains="every LayerNorm weight and bias of the encoder, and the head",
         # BitFit's rate: not yet chosen on devel (configs/peft_cpu.yml grids it)
         default_lr=1e-2, apply=selective.layernorm, trainable=r"(^|\.)LayerNorm\.",
-        count=layernorm_count),
+        count=layernorm_count, to_plain=plain.unchanged),
     Method(
         name="partial", trains="the top train_layers encoder layers whole, and the head",
         # full fine-tuning's rate: not yet chosen on devel (configs/peft_cpu.yml grids it)
         default_lr=4e-4, apply=selective.partial, trainable=partial_trainable,
-        count=partial_count, keys=("train_layers",),
+        count=partial_count, keys=("train_layers",), to_plain=plain.unchanged,
         variants=({"train_layers": 1}, {"train_layers": 2})),
     Method(
         name="prefix", trains="key and value prefixes at every layer's self-attention (deep "
@@ -243,6 +256,7 @@ METHODS = {method.name: method for method in (
         keys=("prefix_length", "prefix_projection"),
         identity_at_init=False,  # the prefixes start as N(0, 1) draws, as P-Tuning v2's
         reserved_positions=lambda cfg: cfg.prefix_length,  # tokens sit after the prefix
+        not_plain=plain.prefix_refusal,
         variants=({}, {"prefix_projection": 16})),
     Method(
         name="fusion", trains="the fusion's weights or attention over frozen source adapters, "
@@ -256,6 +270,7 @@ METHODS = {method.name: method for method in (
               "fusion_value"),
         choices={"fusion_mode": fusion.MODES}, sources_key="adapters",
         check_sources=fusion.sources_problems,
+        to_plain=plain.merge_fusion, not_plain=plain.fusion_refusal,
         identity_at_init=False,  # it starts from the base plus the average of its sources
         regularizer=fusion.value_regularizer,
         variants=({"fusion_mode": "merge", "adapters": ["lora-a", "lora-b"]},

@@ -22,6 +22,7 @@ FLAGS = {
     "compare.py": set(re.findall(r"(--[a-z-]+)", compare.USAGE)),
     "train.py": {"--experiment", "--help"},
     "predict.py": {"--format", "--output-format", "--output", "--gpu", "--help"},
+    "export.py": {"--format", "--help"},
 }
 FLAGS["comparison.slurm"] = {f"--{flag}" for flag in slurm.LAUNCH_FLAGS} | FLAGS["compare.py"]
 
