@@ -14,9 +14,10 @@ fine-tuning, partial and LayerNorm tuning and BitFit change weights, never modul
 encoder is a plain one already.
 
 A method whose change is not a weight of BERT cannot be folded, and says why and what works
-instead (`*_refusal(cfg)`, one line): a bottleneck adapter is a non-linear module after a
-projection, a prefix adds keys and values, attention fusion mixes outputs per token. The method table (methods.py) names, per
-method, its folding function (`to_plain`) or its refusal (`not_plain`); export.py asks it.
+instead (`*_refusal(cfg)`, one line): a bottleneck adapter is a non-linear module in an output
+block, a prefix adds keys and values, attention fusion mixes outputs per token. The method
+table (methods.py) names, per method, its folding function (`to_plain`) or its refusal
+(`not_plain`); export.py asks it.
 
 Each fold is exact up to float rounding: tests/test_export.py holds the plain encoder's hidden
 states equal to the tagger's for every exportable method of the table, and the exported folder's
@@ -88,7 +89,7 @@ def merge_fusion(encoder: nn.Module, cfg) -> None:
 
 
 def adapter_refusal(cfg) -> str:
-    return ("a bottleneck adapter is a non-linear module after a projection, which no weight of "
+    return ("a bottleneck adapter is a non-linear module in an output block, which no weight of "
             "a plain BERT can hold: tag with predict.py (AdapterHub's own folder, "
             "--format adapterhub, is not written yet)")
 
