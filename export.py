@@ -1,7 +1,9 @@
-"""Export a finished run as a tagger anyone can load: `python export.py RUN_DIR OUT_DIR`.
+"""Export a finished run as a tagger anyone can load:
+`python export.py RUN_DIR OUT_DIR [--format hf|adapterhub]`.
 
-OUT_DIR becomes a 🤗 token-classification folder (formats/hf.py) with a model card
-(formats/card.py), written whole or not at all, which transformers alone loads:
+With `--format hf` (the default), OUT_DIR becomes a 🤗 token-classification folder
+(formats/hf.py) with a model card (formats/card.py), written whole or not at all, which
+transformers alone loads:
 
     from transformers import pipeline
     tagger = pipeline("token-classification", model=OUT_DIR, aggregation_strategy="first")
@@ -31,12 +33,20 @@ run's tokens the two differ (docs/export.md says how, and tests each case):
   that length, by the pipeline whole, up to the tokenizer's `model_max_length` (truncated
   beyond it).
 
-Bad input is one line on stderr and exit status 2, before anything is written: a folder that is
-not a finished run, a failed run, an OUT_DIR that exists and is not empty, a run that cannot be
-a plain BERT tagger, or a format not written yet (`--format adapterhub`).
+With `--format adapterhub`, a run of bottleneck adapters becomes AdapterHub's adapter folder
+(formats/adapterhub.py): the adapter's config and weights and the tagging head with the run's
+labels, which AdapterHub's `load_adapter(OUT_DIR, load_as=..., with_head=True)` reads into its
+`BertAdapterModel` on the run's encoder. The method table says which methods have that form
+(`to_adapterhub`). AdapterHub's head scores every subword; the tagger's tags are its best tags
+at each word's first subword (docs/export.md). bench/adapterhub_export_check.py loads the
+folders into AdapterHub itself and holds its scores equal to the tagger's emissions.
 
-Left out: AdapterHub's folder for bottleneck adapters (`--format adapterhub`, to come), and
-pushing to the hub.
+Bad input is one line on stderr and exit status 2, before anything is written: a folder that is
+not a finished run, a failed run, an OUT_DIR that exists and is not empty, or a run that has no
+form in the format asked for (its method, a variant such as attention fusion, or a CRF head),
+with the reason and what works instead.
+
+Left out: pushing to the hub, and a model card in AdapterHub's folder.
 """
 
 from __future__ import annotations
@@ -47,30 +57,52 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from formats import card, hf
+from formats import adapterhub, card, hf
 from methods import METHODS
 from model import resolve_model
 from predict import load_run
 from runs.config_files import make_config
 from runs.folders import METRICS, RECORD, load_json, read_json, write_folder_atomic
 
-FORMATS = ("hf", "adapterhub")
+# --format -> what it makes of a run, for the refusals
+FORMATS = {"hf": "a plain BERT tagger", "adapterhub": "an AdapterHub adapter"}
 
-CRF_REFUSAL = ("a CRF head decodes whole sentences with transition scores, which a "
-               "token-classification model has no place for (its pipeline takes each word's best "
-               "tag alone): tag with predict.py")
+# A CRF head exports in no format: both heads take each position's best tag alone.
+CRF_REFUSALS = {
+    "hf": ("a CRF head decodes whole sentences with transition scores, which a "
+           "token-classification model has no place for (its pipeline takes each word's best "
+           "tag alone): tag with predict.py"),
+    "adapterhub": ("a CRF head decodes whole sentences with transition scores, which "
+                   "AdapterHub's tagging head has no place for (it scores each subword alone): "
+                   "tag with predict.py"),
+}
 
 
-def refusal(cfg) -> str:
-    """Why the run of `cfg` cannot be a plain BERT token classifier, and what works instead;
-    "" when it can."""
+def refusal(cfg, output_format: str = "hf") -> str:
+    """Why the run of `cfg` cannot be exported in `output_format`, and what works instead; ""
+    when it can."""
     if cfg.crf:
-        return CRF_REFUSAL
+        return CRF_REFUSALS[output_format]
+    return adapterhub_refusal(cfg) if output_format == "adapterhub" else plain_refusal(cfg)
+
+
+def plain_refusal(cfg) -> str:
+    """Why the run cannot be a plain BERT token classifier, as the method table says."""
     method = METHODS[cfg.method]
     reason = method.not_plain(cfg) if method.not_plain is not None else ""
     if not reason and method.to_plain is None:
         reason = f"the method table gives {cfg.method} no way to a plain BERT encoder"
     return reason
+
+
+def adapterhub_refusal(cfg) -> str:
+    """Why the run cannot be an AdapterHub adapter: its method has no AdapterHub form in the
+    table; then --format hf where the run exports so, else predict.py."""
+    if METHODS[cfg.method].to_adapterhub is not None:
+        return ""
+    forms = ", ".join(n for n, m in METHODS.items() if m.to_adapterhub is not None)
+    instead = "tag with predict.py" if plain_refusal(cfg) else "export it with --format hf"
+    return f"the method table gives {cfg.method} no AdapterHub form (only {forms}): {instead}"
 
 
 def check_target(out: Path) -> None:
@@ -113,23 +145,9 @@ def run_facts(run: Path, cfg, labels: list[str], exported_params: int) -> card.R
         sweep=card.sweep_row(run.parent.parent / "summary.csv", cfg.name) if in_sweep else None)
 
 
-def export(run_dir: str | Path, out_dir: str | Path, output_format: str = "hf") -> Path:
-    """Write the run at `run_dir` as a token-classification folder at `out_dir`. Every problem
-    with the input is a ValueError (or OSError) raised before anything is written."""
-    run, out = Path(run_dir), Path(out_dir)
-    if output_format == "adapterhub":
-        raise ValueError("--format adapterhub: AdapterHub's folder is not written yet; use "
-                         "--format hf (plain BERT) or tag with predict.py")
-    if output_format not in FORMATS:
-        raise ValueError(f"--format {output_format}: expected one of {', '.join(FORMATS)}")
-    cfg = read_run(run)
-    check_target(out)
-    reason = refusal(cfg)
-    if reason:
-        raise ValueError(f"{run}: method {cfg.method}{' with crf' * cfg.crf} cannot be a "
-                         f"plain BERT tagger: {reason}")
-
-    tagger = load_run(run)
+def plain_files(run: Path, cfg, tagger, out: Path) -> dict[str, bytes]:
+    """--format hf: the method's change folded into BERT's own weights (`to_plain`), as a
+    token-classification folder with its model card."""
     encoder = tagger.model.encoder
     METHODS[cfg.method].to_plain(encoder, cfg)
     files = hf.token_classification_files(encoder, tagger.model.head, tagger.labels,
@@ -138,6 +156,35 @@ def export(run_dir: str | Path, out_dir: str | Path, output_format: str = "hf") 
         sum(p.numel() for p in tagger.model.head.parameters())
     facts = run_facts(run, cfg, tagger.labels, exported)
     files["README.md"] = card.model_card(facts, str(out)).encode()
+    return files
+
+
+def adapterhub_files(run: Path, cfg, tagger, out: Path) -> dict[str, bytes]:
+    """--format adapterhub: the method's adapter (`to_adapterhub`) and the tagging head, named
+    after the experiment, in AdapterHub's folder."""
+    name = adapterhub.adapter_name(cfg.name)
+    encoder = tagger.model.encoder
+    adapter = METHODS[cfg.method].to_adapterhub(encoder, cfg, name)
+    return adapterhub.folder_files(adapter, tagger.model.head, tagger.labels, cfg.dropout, name,
+                                   encoder.config, resolve_model(cfg.model))
+
+
+def export(run_dir: str | Path, out_dir: str | Path, output_format: str = "hf") -> Path:
+    """Write the run at `run_dir` at `out_dir` in `output_format` (FORMATS). Every problem with
+    the input is a ValueError (or OSError) raised before anything is written."""
+    run, out = Path(run_dir), Path(out_dir)
+    if output_format not in FORMATS:
+        raise ValueError(f"--format {output_format}: expected one of {', '.join(FORMATS)}")
+    cfg = read_run(run)
+    check_target(out)
+    reason = refusal(cfg, output_format)
+    if reason:
+        raise ValueError(f"{run}: method {cfg.method}{' with crf' * cfg.crf} cannot be "
+                         f"{FORMATS[output_format]}: {reason}")
+
+    tagger = load_run(run)
+    files = (adapterhub_files if output_format == "adapterhub" else plain_files)(
+        run, cfg, tagger, out)
     write_folder_atomic(out, files)
     return out
 
@@ -145,17 +192,22 @@ def export(run_dir: str | Path, out_dir: str | Path, output_format: str = "hf") 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="export.py", description="Export a finished run as a 🤗 token-classification "
-        "folder with a model card, which transformers alone loads.",
-        epilog=f"Methods the method table gives a way to a plain BERT: "
-               f"{', '.join(n for n, m in METHODS.items() if m.to_plain is not None)}. A run "
-               f"that cannot be one (its method, a variant such as attention fusion, or a CRF "
-               f"head) is refused with the reason; tag it with predict.py.")
+        "folder with a model card, which transformers alone loads, or as AdapterHub's adapter "
+        "folder.",
+        epilog=f"Methods the method table gives a way to a plain BERT (--format hf): "
+               f"{', '.join(n for n, m in METHODS.items() if m.to_plain is not None)}; an "
+               f"AdapterHub form (--format adapterhub): "
+               f"{', '.join(n for n, m in METHODS.items() if m.to_adapterhub is not None)}. A "
+               f"run that has no form in the format asked for (its method, a variant such as "
+               f"attention fusion, or a CRF head) is refused with the reason and what works "
+               f"instead; predict.py tags any run.")
     parser.add_argument("run", metavar="RUN_DIR", help="a finished run folder "
                         "(<output_dir>/<experiment>/seed<n>/, with metrics.json)")
     parser.add_argument("out", metavar="OUT_DIR", help="the folder to write (new or empty)")
-    parser.add_argument("--format", choices=FORMATS, default="hf",
+    parser.add_argument("--format", choices=list(FORMATS), default="hf",
                         help="hf: a plain BertForTokenClassification (default); adapterhub: "
-                             "AdapterHub's adapter folder, not written yet")
+                             "AdapterHub's adapter folder with its tagging head, for "
+                             "load_adapter")
     return parser.parse_args(argv)
 
 

@@ -2,8 +2,9 @@
 
 Each `Method` says what a reader, the checker, the tagger, the sweep and the run files need to
 know: its name, its own config keys and their choices, how it changes the encoder and what then
-trains, its default learning rate, what a run of it exports (beside the run, and as a plain
-BERT tagger through export.py, or why not), and whether a fusion can take it as a source.
+trains, its default learning rate, what a run of it exports (beside the run, and through
+export.py as a plain BERT tagger, or why not, and as an AdapterHub adapter), and whether a
+fusion can take it as a source.
 Everything else asks this table: no caller tests a method's name.
 
 A method's own keys (`keys`) mean nothing to the other methods: set in another method's block
@@ -14,7 +15,7 @@ entity-swap augmentation are not methods but options of any method (`crf: true`,
 Adding a method: write its file (modules, `apply(encoder, cfg, sources) -> report`, a slow
 reference and tests), add its keys to `config.Config` if it has any, and add one entry below,
 saying whether and how export.py can make a plain BERT tagger of its runs (`to_plain`, or
-`not_plain`: why not and what works instead).
+`not_plain`: why not and what works instead) and an AdapterHub adapter (`to_adapterhub`).
 The conformance suite (tests/test_methods.py) then runs it through every check. Adding an entry
 retrains nothing else: a run's fingerprint holds the code of its own method's functions only
 (comparison/fingerprint.py finds the files from the functions).
@@ -36,7 +37,7 @@ import lora
 import plain
 import prefix
 import selective
-from formats import peft
+from formats import adapterhub, peft
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class Method:
     # why a run of it cannot be exported so, and what works instead: not_plain(cfg) -> one
     # line, or "" for a run that can (a fusion: merge mode only); needed when to_plain is None
     not_plain: Callable | None = None
+    # export.py's AdapterHub folder (formats/adapterhub.py): the built tagger's encoder as an
+    # AdapterHub adapter called `name`, to_adapterhub(encoder, cfg, name) -> (its adapter
+    # config, {AdapterHub's parameter name: tensor}). None: the method has no AdapterHub form
+    to_adapterhub: Callable | None = None
     # settings the conformance suite runs it with: every preset a reader may choose
     variants: tuple[dict, ...] = ({},)
 
@@ -216,6 +221,7 @@ METHODS = {method.name: method for method in (
               "adapter_scaling"),
         choices={"adapter_kind": adapters.KINDS, "non_linearity": adapters.NON_LINEARITIES},
         source_kind="adapter", resolve=adapters.resolve, not_plain=plain.adapter_refusal,
+        to_adapterhub=adapterhub.bottleneck_adapter,
         # AdapterHub's SeqBnConfig, DoubleSeqBnConfig and ParBnConfig, then this project's
         # earlier variants (the adapter reads h, relu)
         variants=({"adapter_kind": "pfeiffer"}, {"adapter_kind": "houlsby", "reduction": 8},

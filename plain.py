@@ -90,8 +90,8 @@ def merge_fusion(encoder: nn.Module, cfg) -> None:
 
 def adapter_refusal(cfg) -> str:
     return ("a bottleneck adapter is a non-linear module in an output block, which no weight of "
-            "a plain BERT can hold: tag with predict.py (AdapterHub's own folder, "
-            "--format adapterhub, is not written yet)")
+            "a plain BERT can hold: export it with --format adapterhub (AdapterHub's folder) "
+            "or tag with predict.py")
 
 
 def prefix_refusal(cfg) -> str:

@@ -322,8 +322,6 @@ def test_bad_input_is_one_line_and_writes_nothing(bench, tmp_path, capsys):
             str(fake_run(tmp_path / "failed", cfg, metrics_json="{}",
                          record_json='{"status": "failed", "reason": "loss is nan"}')),
             str(tmp_path / "c")],
-        "--format adapterhub: AdapterHub's folder is not written yet": [
-            str(done), str(tmp_path / "d"), "--format", "adapterhub"],
     }
     full = tmp_path / "full"
     full.mkdir()
