@@ -31,7 +31,10 @@ def commands(page: Path) -> list[list[str]]:
     """The `python ...` command lines of a page's shell blocks, continuation lines joined and
     comments cut."""
     found = []
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", page.read_text(), flags=re.DOTALL):
+    blocks = re.findall(r"```(\w*)\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    for language, block in blocks:  # every fenced block, so that none is paired wrongly
+        if language not in ("", "bash", "sh"):
+            continue
         text = block.replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split(" #", 1)[0].strip()
