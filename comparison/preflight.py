@@ -81,16 +81,19 @@ def experiments(names: list[str]) -> str:
         f"experiments {', '.join(map(repr, names))}"
 
 
-def unreachable(url: str, timeout: float) -> str | None:
-    """Why one request for `url` (HEAD, no retries: huggingface_hub's own back off for ~20 s)
-    got nothing: `answered HTTP 404 (Not Found)` from a server, `cannot be reached (...)`
-    without one; None when it answered."""
+def fetch_problem(what: str, cache: str, url: str, remedy: str, timeout: float) -> str | None:
+    """Why `what`, which is not in `cache`, cannot be fetched from the hub now, or None: one
+    request for `url` (HEAD, no retries: huggingface_hub's own back off for ~20 s)."""
+    from huggingface_hub import constants
+
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
     except urllib.error.HTTPError as error:  # the hub answered: no such (public) repository
-        return f"answered HTTP {error.code} ({error.reason})"
+        return f"{what}: {url} answered HTTP {error.code} ({error.reason}); {remedy}"
     except (urllib.error.URLError, TimeoutError, OSError) as error:
-        return f"cannot be reached ({getattr(error, 'reason', error)})"
+        reason = getattr(error, "reason", error)
+        return (f"{what} is not in {cache} and the hub ({constants.ENDPOINT}) cannot be reached "
+                f"({reason}); {remedy}")
     return None
 
 
@@ -106,20 +109,14 @@ def dataset_problem(name: str, timeout: float = 5.0) -> str | None:
         return None if folder.is_dir() else f"dataset 'hf:{name}': no such folder"
     if hub.is_cached(name):
         return None
-    cache = hub.cache_folder()
+    cache = f"the 🤗 Datasets cache ({hub.cache_folder()})"
     if hub.offline():
-        return (f"dataset 'hf:{name}' is not in the 🤗 Datasets cache ({cache}) and the hub is "
-                f"offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE); {hub.REMEDY}")
+        return (f"dataset 'hf:{name}' is not in {cache} and the hub is offline (HF_HUB_OFFLINE "
+                f"or HF_DATASETS_OFFLINE); {hub.REMEDY}")
     from huggingface_hub import constants
 
-    url = f"{constants.ENDPOINT}/api/datasets/{name}"
-    why = unreachable(url, timeout)
-    if why and why.startswith("answered"):
-        return f"dataset 'hf:{name}': {url} {why}; {hub.REMEDY}"
-    if why:
-        return (f"dataset 'hf:{name}' is not in the 🤗 Datasets cache ({cache}) and the hub "
-                f"({constants.ENDPOINT}) {why}; {hub.REMEDY}")
-    return None
+    return fetch_problem(f"dataset 'hf:{name}'", cache, f"{constants.ENDPOINT}/api/datasets/{name}",
+                         hub.REMEDY, timeout)
 
 
 def encoder_problem(name: str, timeout: float = 5.0) -> str | None:
@@ -152,14 +149,8 @@ def encoder_problem(name: str, timeout: float = 5.0) -> str | None:
     if constants.HF_HUB_OFFLINE:
         return (f"model {name!r} is not in the Hugging Face cache ({cache}) and the hub is "
                 f"offline (HF_HUB_OFFLINE); {local}")
-    url = f"{constants.ENDPOINT}/{name}/resolve/main/config.json"
-    why = unreachable(url, timeout)
-    if why and why.startswith("answered"):
-        return f"model {name!r}: {url} {why}; {local}"
-    if why:
-        return (f"model {name!r} is not in the Hugging Face cache ({cache}) and the hub "
-                f"({constants.ENDPOINT}) {why}; {local}")
-    return None
+    return fetch_problem(f"model {name!r}", f"the Hugging Face cache ({cache})",
+                         f"{constants.ENDPOINT}/{name}/resolve/main/config.json", local, timeout)
 
 
 def seeds_problem(source: Config, cfg: Config) -> str | None:
