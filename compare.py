@@ -103,14 +103,14 @@ def prepare(argv: list[str]):
             problems.append(f"command line: --only names unknown experiments {unknown} (the "
                             f"experiments: {', '.join(sorted(names | set(groups)))})")
         only = [member for name in asked for member in groups.get(name, [name])]
-    more, paths = preflight.check_inputs(configs)
+    more, corpus_origins = preflight.check_inputs(configs)
     problems += more
     owner = sweep.folder_owner(Path(configs[0].output_dir), path)
     if owner:
         problems.append(owner)
     if problems:
         raise ConfigError("\n".join(problems))
-    runs = sweep.plan(configs, lambda cfg: paths[cfg.dataset, cfg.data_dir])
+    runs = sweep.plan(configs, corpus_origins)
     return configs, settings, runs, flags, parallel, shard, only
 
 

@@ -41,12 +41,40 @@ class Config:
     # e.g. full (every weight), lora (adapters only), fusion (frozen source adapters combined)
     method: str = "full"
     model: str = "dmis-lab/biobert-base-cased-v1.2"  # hub id, local folder, or package:<module>
-    dataset: str = "bc5cdr"  # corpus name under data_dir, or a folder with {train,devel,test}.tsv
+    # the corpus (docs/corpora.md): a name under data_dir or a known one (downloaded), a folder
+    # with {train,devel,test}.tsv, or hf:<hub id or local folder> read with 🤗 Datasets
+    dataset: str = "bc5cdr"
     data_dir: str = ""  # folder of corpora; empty: $NER_DATA_DIR, else download known corpora
     allow_unseen_tags: bool = False  # devel/test tags absent from train: error unless true
     # the corpus files' tagging scheme, converted to BIO as they are read; auto: detected per
     # file (IOBES by its E-/S- tags, IOB1 by entities that start with I-), and said in the log
     tag_scheme: str = "auto"
+    # keep only these entity types (the others become O) in every split; empty: all. A BigBio
+    # corpus drops the other types before it resolves overlaps, so they hide no mention
+    entity_types: list[str] = dataclasses.field(default_factory=list)
+    # --- Hub datasets (dataset: hf:...)
+    dataset_config: str = ""  # the hub config (bc2gm of bigbio/blurb); empty: its only one
+    # a commit, tag or branch of the hub dataset; empty: main. The run's fingerprint holds the
+    # commit the cache resolved either way, so an update on the hub retrains
+    dataset_revision: str = ""
+    tokens_column: str = "tokens"  # the column of each row's words
+    # the column of each row's tags, one per word: ClassLabel integers (read through the
+    # feature's names) or strings, in any tagging scheme
+    tags_column: str = "ner_tags"
+    # the type of tags that have none (O, B, I, as in bigbio/blurb); empty: each row's `type`
+    # column gives it
+    entity_type: str = ""
+    # --- Evaluation on another corpus
+    # score test on this corpus's test split (any dataset form) instead; training and the devel
+    # choice still use `dataset`. Predicted types it does not annotate are dropped before
+    # scoring, its types the model lacks count as missed, and the table says both
+    test_dataset: str = ""
+    test_dataset_config: str = ""  # the hub config of test_dataset
+    test_dataset_revision: str = ""  # a commit, tag or branch of test_dataset
+    # rename test_dataset's entity types to the model's before scoring, {TestType: ModelType}:
+    # {Disease: DiseaseOrPhenotype}
+    type_map: dict[str, str] = dataclasses.field(default_factory=dict)
+    # --- The run
     train_limit: int = 0  # use only the first N training sentences (0 = all): demos, smoke runs
     eval_limit: int = 0  # use only the first N devel and test sentences (0 = all)
     max_length: int = 128  # subwords per window; longer sentences are split, never truncated

@@ -3,7 +3,9 @@
 The path from a corpus to model inputs:
 
 1. `load_corpus` reads the three splits (corpora/: a folder or a name in the data directory,
-   IOB files in any tagging scheme, handed on as BIO).
+   IOB files in any tagging scheme, or a hub dataset `hf:...` of sentences or BigBio
+   documents; all handed on as BIO). With `test_dataset`, test is another corpus's test split,
+   scored on the types it annotates.
 2. `build_labels` fixes the label set from the whole training file: `O`, then `B-`/`I-` of
    every entity type, in sorted order, so it is the same whatever order the file lists mentions
    in, and whatever `train_limit` keeps. A type with very few mentions whose name is close to a
@@ -24,18 +26,21 @@ Dimensions: B batch, T subword tokens, W words.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import random
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from config import Config
+from corpora import hub
 from corpora.iob import Sentence, read_iob
 from corpora.schemes import mention_spans
-from corpora.sources import find_corpus
+from corpora.sources import SPLITS, Origin, find_corpus
 
 PAD_TAG = -100  # tag id at padded word positions; cross-entropy ignores it
 
@@ -43,10 +48,20 @@ PAD_TAG = -100  # tag id at padded word positions; cross-entropy ignores it
 # The corpus of a run
 
 
+def entity_types_of(tags: Iterable[str]) -> list[str]:
+    """The entity types of BIO tags, sorted: [O, B-Disease, I-Disease, B-Chemical] ->
+    [Chemical, Disease]."""
+    return sorted({tag[2:] for tag in tags if tag != "O"})
+
+
+def tags_of(sentences: Sequence[Sentence]) -> Iterator[str]:
+    return (tag for s in sentences for tag in s.tags)
+
+
 def build_labels(train: Sequence[Sentence]) -> list[str]:
     """`O`, then `B-X`, `I-X` for every entity type X of the training split, types sorted."""
-    types = sorted({tag[2:] for s in train for tag in s.tags if tag != "O"})
-    return ["O"] + [f"{prefix}-{t}" for t in types for prefix in ("B", "I")]
+    return ["O"] + [f"{prefix}-{t}" for t in entity_types_of(tags_of(train))
+                    for prefix in ("B", "I")]
 
 
 def likely_typos(train: Sequence[Sentence], rare: int = 3) -> list[tuple[str, int, str, int]]:
@@ -67,15 +82,38 @@ def likely_typos(train: Sequence[Sentence], rare: int = 3) -> list[tuple[str, in
 
 
 def check_known_tags(sentences: Sequence[Sentence], labels: Sequence[str], split: str,
-                     path: Path) -> None:
+                     origin: Origin) -> None:
     """A tag the training split never had makes the model's score on it meaningless."""
     unseen = sorted({tag for s in sentences for tag in s.tags} - set(labels))
     if unseen:
         raise ValueError(
-            f"{path}: tags {unseen} of the {split} split do not occur in the training split "
+            f"{origin}: tags {unseen} of the {split} split do not occur in the training split "
             f"(labels: {list(labels)}); set allow_unseen_tags: true to evaluate anyway "
             f"(those entities then count as missed)"
         )
+
+
+def keep_types(tags: Sequence[str], types: Container[str]) -> list[str]:
+    """BIO tags with every mention of a type outside `types` set to O (BIO stays BIO):
+    ["B-A", "I-A", "B-B"], {"B"} -> ["O", "O", "B-B"]."""
+    return [tag if tag == "O" or tag[2:] in types else "O" for tag in tags]
+
+
+def rename_types(sentences: Sequence[Sentence], type_map: dict[str, str]) -> list[Sentence]:
+    """The sentences with each type of `type_map`'s keys renamed to its value."""
+    if not type_map:
+        return list(sentences)
+    def renamed(tag: str) -> str:
+        return tag if tag == "O" else tag[:2] + type_map.get(tag[2:], tag[2:])
+
+    return [Sentence(s.tokens, [renamed(tag) for tag in s.tags]) for s in sentences]
+
+
+def sentences_digest(sentences: Sequence[Sentence]) -> str:
+    """Which sentences and gold tags these are, in 16 hex digits: two runs scored on the same
+    test set have the same digest (comparison/report.py pairs rows by it)."""
+    text = json.dumps([[s.tokens, s.tags] for s in sentences], ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -84,33 +122,107 @@ class Corpus:
     devel: list[Sentence]
     test: list[Sentence]
     labels: list[str]
-    paths: dict[str, Path]
+    origins: dict[str, Origin]  # what each split was read from, by name (the fingerprint's)
+    test_corpus: str  # the corpus test was read from: `test_dataset`, else `dataset`
+    # the entity types the test corpus annotates (before eval_limit): with test_dataset,
+    # predictions of other types are dropped before scoring
+    test_types: list[str]
+    cross_corpus: bool  # test comes from another corpus than training and devel (test_dataset)
 
 
-def load_corpus(dataset: str, data_dir: str | None = None, train_limit: int = 0,
-                eval_limit: int = 0, allow_unseen_tags: bool = False,
-                tag_scheme: str = "auto") -> Corpus:
-    """Read the three splits (in `tag_scheme`, into BIO); limits keep only the first N sentences
-    (0 = all). Likely typos among the training types are named on stderr.
+# The config keys that choose a run's corpus: what `load_corpus` reads.
+CORPUS_KEYS = ("dataset", "data_dir", "dataset_config", "dataset_revision", "tokens_column",
+               "tags_column", "entity_type", "entity_types", "tag_scheme", "train_limit",
+               "eval_limit", "allow_unseen_tags", "test_dataset", "test_dataset_config",
+               "test_dataset_revision", "type_map")
 
-    The labels come from the whole training file, before `train_limit` slices it: a small slice
+
+def corpus_key(cfg: Config) -> str:
+    """The runs whose corpus keys agree read the same corpus (preflight loads each once)."""
+    return json.dumps({key: getattr(cfg, key) for key in CORPUS_KEYS}, sort_keys=True)
+
+
+def is_cross_corpus(cfg: Config) -> bool:
+    """Whether test comes from another corpus than training and devel (test_dataset)."""
+    return bool(cfg.test_dataset) and \
+        (cfg.test_dataset, cfg.test_dataset_config) != (cfg.dataset, cfg.dataset_config)
+
+
+def test_corpus_name(cfg: Config) -> str:
+    """The corpus a run's test split comes from, as the table names it: `ncbi_disease`,
+    `hf:bigbio/blurb (ncbi_disease)`."""
+    name, config = (cfg.test_dataset, cfg.test_dataset_config) if cfg.test_dataset else \
+        (cfg.dataset, cfg.dataset_config)
+    return f"{name} ({config})" if config else name
+
+
+def read_splits(cfg: Config, dataset: str, splits: Sequence[str], config: str, revision: str,
+                entity_types: Sequence[str]) -> tuple[dict[str, list[Sentence]], dict[str, Origin]]:
+    """The `splits` of one corpus, in BIO, and what each was read from: a hub dataset
+    (corpora/hub.py, bigbio.py; a BigBio one keeps `entity_types` only), or two-column files
+    (corpora/sources.py, iob.py)."""
+    if hub.is_hub(dataset):
+        return hub.read_splits(dataset, splits, config, revision, cfg.tokens_column,
+                               cfg.tags_column, cfg.entity_type, entity_types, cfg.tag_scheme)
+    paths = find_corpus(dataset, cfg.data_dir or None)
+    return ({split: read_iob(paths[split], cfg.tag_scheme) for split in splits},
+            {split: Origin("file", str(paths[split])) for split in splits})
+
+
+def load_corpus(cfg: Config) -> Corpus:
+    """A run's three splits in BIO (corpora/: a folder, a name in the data directory or a known
+    corpus, or a hub dataset `hf:...`), from the config's corpus keys (`CORPUS_KEYS`).
+
+    With `test_dataset`, test is that corpus's test split, its types renamed by `type_map`;
+    training and devel stay `dataset`'s. `entity_types` keeps those types in every split. Limits
+    keep only the first N sentences (0 = all). Likely typos among the training types are named
+    on stderr.
+
+    The labels come from the whole training split, before `train_limit` slices it: a small slice
     may lack a rare type that devel and test have, which would stop the run (or, with
     allow_unseen_tags, score it as missed), and the label set would change with the limit."""
-    paths = find_corpus(dataset, data_dir)
-    splits = {split: read_iob(path, tag_scheme) for split, path in paths.items()}
+    own = ("train", "devel") if cfg.test_dataset else SPLITS
+    splits, origins = read_splits(cfg, cfg.dataset, own, cfg.dataset_config,
+                                  cfg.dataset_revision, cfg.entity_types)
+    if cfg.test_dataset:
+        # the test corpus's own names of the types kept: those type_map renames into one
+        wanted = [t for t in cfg.entity_types if t not in cfg.type_map] + \
+            [t for t, mapped in cfg.type_map.items() if mapped in cfg.entity_types]
+        test, test_origin = read_splits(cfg, cfg.test_dataset, ("test",),
+                                        cfg.test_dataset_config, cfg.test_dataset_revision,
+                                        wanted if cfg.entity_types else [])
+        there = entity_types_of(tags_of(test["test"]))
+        unknown = sorted(set(cfg.type_map) - set(there))
+        if unknown:
+            raise ValueError(f"{test_origin['test']}: type_map renames {unknown}, which the test "
+                             f"corpus lacks (its types: {', '.join(there)})")
+        splits["test"] = rename_types(test["test"], cfg.type_map)
+        origins["test"] = test_origin["test"]
+    if cfg.entity_types:
+        there = entity_types_of(tags_of(splits["train"]))
+        missing = sorted(set(cfg.entity_types) - set(there))
+        if missing:
+            raise ValueError(f"{origins['train']}: entity_types names {missing}, which the "
+                             f"training split lacks (its types: {', '.join(there)})")
+        kept = set(cfg.entity_types)
+        splits = {split: [Sentence(s.tokens, keep_types(s.tags, kept)) for s in sentences]
+                  for split, sentences in splits.items()}
     for kind, n, other, many in likely_typos(splits["train"]):
-        print(f"{paths['train']}: warning: entity type {kind!r} has {n} mention(s) beside "
+        print(f"{origins['train']}: warning: entity type {kind!r} has {n} mention(s) beside "
               f"{other!r} with {many:,}: a typo? It is a label of its own", file=sys.stderr)
     labels = build_labels(splits["train"])
-    if train_limit:
-        splits["train"] = splits["train"][:train_limit]
-    if eval_limit:
-        splits["devel"] = splits["devel"][:eval_limit]
-        splits["test"] = splits["test"][:eval_limit]
-    if not allow_unseen_tags:
-        for split in ("devel", "test"):
-            check_known_tags(splits[split], labels, split, paths[split])
-    return Corpus(splits["train"], splits["devel"], splits["test"], labels, paths)
+    test_types = entity_types_of(tags_of(splits["test"]))
+    if cfg.train_limit:
+        splits["train"] = splits["train"][:cfg.train_limit]
+    if cfg.eval_limit:
+        splits["devel"] = splits["devel"][:cfg.eval_limit]
+        splits["test"] = splits["test"][:cfg.eval_limit]
+    checked = ("devel",) if cfg.test_dataset else ("devel", "test")  # another corpus's types
+    if not cfg.allow_unseen_tags:  # the model lacks count as missed: that is the question
+        for split in checked:
+            check_known_tags(splits[split], labels, split, origins[split])
+    return Corpus(splits["train"], splits["devel"], splits["test"], labels, origins,
+                  test_corpus_name(cfg), test_types, is_cross_corpus(cfg))
 
 
 # ---------------------------------------------------------------------------------------------

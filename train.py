@@ -144,11 +144,17 @@ def device_notice(configs: list[Config]) -> str | None:
 
 def evaluate(model: Tagger, split: list[Sentence], tokenized: list[data.TokenizedSentence],
              windows: list[data.Window], labels: list[str], batch_size: int, batcher: Batcher,
-             amp: torch.dtype | None) -> tuple[dict, list]:
-    """Scores on a split, and the predicted tag strings per sentence."""
+             amp: torch.dtype | None, scored_types: list[str] | None = None
+             ) -> tuple[dict, list]:
+    """Scores on a split, and the predicted tag strings per sentence. With `scored_types` (a
+    test corpus of other types), predictions of any other type are set to O before scoring:
+    that corpus does not annotate them, so they are neither right nor wrong there."""
     started = time.perf_counter()
     by_sentence = predict_sentences(model, tokenized, windows, batch_size, batcher, amp)
     predicted = [[labels[t] for t in sentence] for sentence in by_sentence]
+    if scored_types is not None:
+        kept = set(scored_types)
+        predicted = [data.keep_types(tags, kept) for tags in predicted]
     metrics = scoring.score([s.tags for s in split], predicted)
     metrics["seconds"] = time.perf_counter() - started
     return metrics, predicted
@@ -386,8 +392,7 @@ def run(cfg: Config, out: Path, tracker, log, token_cache: Path | None) -> dict:
     seed_everything(cfg.seed)
     memory_baseline = memory_baseline_mb(device)
 
-    corpus = data.load_corpus(cfg.dataset, cfg.data_dir or None, cfg.train_limit,
-                              cfg.eval_limit, cfg.allow_unseen_tags, cfg.tag_scheme)
+    corpus = data.load_corpus(cfg)
     write_atomic(out / "labels.json", json.dumps(corpus.labels))
     encoder, tokenizer = load_encoder(cfg.model)
     max_length = window_length(cfg, encoder)
@@ -488,13 +493,21 @@ def run(cfg: Config, out: Path, tracker, log, token_cache: Path | None) -> dict:
     # Evaluation: test, once, with the best devel epoch's weights
     load_trained_state(model, best["state"], "the best devel epoch")
     test, predicted = evaluate(model, corpus.test, tokenized["test"], windows["test"],
-                               corpus.labels, cfg.eval_batch_size, batcher, amp)
+                               corpus.labels, cfg.eval_batch_size, batcher, amp,
+                               corpus.test_types if corpus.cross_corpus else None)
     peak, peak_measure = peak_memory_mb(device)
+    model_types = data.entity_types_of(corpus.labels)
     metrics = {
         "name": cfg.name, "method": cfg.method, "seed": cfg.seed, "dataset": cfg.dataset,
         "model": cfg.model, "device": str(device), "lr": cfg.lr,
         "precision": "fp32" if amp is None else str(amp).removeprefix("torch."),
         "test": test, "devel": best["metrics"], "best_epoch": best["epoch"] + 1,
+        # what test was: its corpus, its sentences and gold (the table pairs rows by them), and
+        # with another corpus the types dropped from the predictions and those the model lacks
+        "test_corpus": corpus.test_corpus, "test_set": data.sentences_digest(corpus.test),
+        "dropped_types": sorted(set(model_types) - set(corpus.test_types))
+        if corpus.cross_corpus else [],
+        "missed_types": sorted(set(corpus.test_types) - set(model_types)),
         "devel_f1_per_epoch": devel_curve, "mean_loss_per_epoch": epoch_losses,
         "trainable_params": trainable, "total_params": total,
         "setup_seconds": setup_seconds, "train_seconds": train_seconds,

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data
 import train
+from config import Config
 from corpora.sources import DATA_DIR_ENV
 from model import resolve_model
 from runs import config_files
@@ -122,7 +123,8 @@ def peer(args, output_dir: str) -> dict:
         TrainingArguments,
     )
 
-    corpus = data.load_corpus(args.dataset, None, train_limit=args.sentences, eval_limit=1)
+    corpus = data.load_corpus(Config(dataset=args.dataset, train_limit=args.sentences,
+                                     eval_limit=1))
     label_index = {tag: i for i, tag in enumerate(corpus.labels)}
     path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)

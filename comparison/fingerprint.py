@@ -15,8 +15,10 @@ run it would train now. `run_inputs` names everything the result depends on:
   is entered by the run's own entry only (`method_entry`), and the modules that only decide
   where a run's files go and how it is watched (`BOOKKEEPING_MODULES`) not at all. So editing
   crf.py's code retrains the CRF runs and nothing else, editing train.py's retrains everything;
-- the corpus files by content, the encoder (a local folder by content, a hub id by name and
-  cached revision) and, for a fusion, its sources' fingerprints.
+- each corpus split by what it was read from (`origin_digest`: a file or a local hub-layout
+  folder by content, a hub dataset by id, config, split and the commit the cache holds), the
+  encoder (a local folder by content, a hub id by name and cached revision) and, for a fusion,
+  its sources' fingerprints.
 
 Change any of them and the run trains again (`stale_reasons` says why); change nothing and it
 does not. `token_cache_key` keys the sweep's cache of tokenised corpora from the same inputs,
@@ -49,6 +51,7 @@ import crf
 import data
 import methods
 import train
+from corpora.sources import Origin
 from model import resolve_model
 from runs import config_files, folders, tracking
 
@@ -66,12 +69,12 @@ OPTIONS = {"crf": (crf.__name__, ("crf_lr", "crf_constraints", "crf_algorithm"))
 # Keys added after records began to name their inputs, with the value that computes what runs
 # did before the key existed: at that value a key is left out of the fingerprint, so adding an
 # option retrains nothing. (A key's default may change later; this value may not.)
-NEUTRAL_VALUES: dict[str, object] = {"dora": False, "lora_plus_ratio": 0.0, "tag_scheme": "auto",
-                                     "crf_algorithm": "auto", "original_ln_before": False,
-                                     "non_linearity": "relu", "adapter_scaling": 1.0,
-                                     "fusion_value": False}
-# Keys that choose which sentences and tags a corpus gives, beyond its files (the token cache's).
-CORPUS_KEYS = ("tag_scheme", "train_limit", "eval_limit")
+NEUTRAL_VALUES: dict[str, object] = {
+    "dora": False, "lora_plus_ratio": 0.0, "tag_scheme": "auto", "crf_algorithm": "auto",
+    "original_ln_before": False, "non_linearity": "relu", "adapter_scaling": 1.0,
+    "fusion_value": False, "dataset_config": "", "dataset_revision": "",
+    "tokens_column": "tokens", "tags_column": "ner_tags", "entity_type": "", "entity_types": [],
+    "test_dataset": "", "test_dataset_config": "", "test_dataset_revision": "", "type_map": {}}
 
 WHOLE_FILE_LIMIT = 16 * 2**20
 EDGE = 4 * 2**20
@@ -235,14 +238,28 @@ def run_keys(cfg: config.Config) -> list[str]:
             and not (key in NEUTRAL_VALUES and values[key] == NEUTRAL_VALUES[key])]
 
 
-def run_inputs(cfg: config.Config, corpus_paths: dict, sources: list[str]) -> dict:
-    """What a run's result depends on, by name: config values, code digests by file, corpus
-    files, the encoder, and the fingerprints of the runs it is built from."""
+def origin_digest(origin: Origin) -> str:
+    """One split by what it was read from: a file by content; a hub dataset by id, config,
+    split and the commit the cache holds; a local hub-layout folder by content (and config and
+    split)."""
+    if origin.kind == "file":
+        return file_digest(origin.path)
+    if origin.kind == "hub":
+        return digest({"hub": origin.path, "config": origin.config, "split": origin.split,
+                       "revision": origin.revision})
+    return digest({"folder": folder_digest(origin.path), "config": origin.config,
+                   "split": origin.split})
+
+
+def run_inputs(cfg: config.Config, origins: dict[str, Origin], sources: list[str]) -> dict:
+    """What a run's result depends on, by name: config values, code digests by file, what each
+    corpus split was read from (`origins`, as data.load_corpus gives them), the encoder, and the
+    fingerprints of the runs it is built from."""
     values = dataclasses.asdict(cfg)
     code = {str(path.relative_to(ROOT)): code_digest(path) for path in code_files(cfg)}
     code[f"methods.py ({cfg.method})"] = digest(method_entry(cfg.method))
     return {"config": {k: values[k] for k in run_keys(cfg)}, "code": code,
-            "corpus": {split: file_digest(path) for split, path in sorted(corpus_paths.items())},
+            "corpus": {split: origin_digest(origin) for split, origin in sorted(origins.items())},
             "encoder": encoder_digest(cfg.model, resolve_model(cfg.model)),
             "sources": sources}
 
@@ -270,10 +287,11 @@ def stale_reasons(old: dict | None, new: dict) -> list[str]:
 
 
 def token_cache_key(cfg: config.Config, inputs: dict) -> str:
-    """The key of a run's tokenised corpus in the sweep's cache: its corpus files and encoder
-    (from `inputs`, as `run_inputs` gives them), the code that reads and tokenises them (data.py
-    and what it imports), and the keys that choose sentences and tags."""
+    """The key of a run's tokenised corpus in the sweep's cache: its corpus splits and encoder
+    (from `inputs`, as `run_inputs` gives them), the code that reads, converts and tokenises them
+    (data.py and what it imports: corpora/, the hub and BigBio readers among them), and the keys
+    that choose sentences and tags (data.CORPUS_KEYS)."""
     code = {str(path.relative_to(ROOT)): code_digest(path)
             for path in map(module_path, module_closure([data.__name__], set()))}
     return digest({"code": code, "corpus": inputs["corpus"], "encoder": inputs["encoder"],
-                   **{key: getattr(cfg, key) for key in CORPUS_KEYS}})
+                   **{key: getattr(cfg, key) for key in data.CORPUS_KEYS}})

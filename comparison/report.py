@@ -7,8 +7,12 @@ shows a stale one; compare.py calls it after every run.
 The table is honest about the protocol: each gridded experiment's combination with the best
 mean devel F1 is marked (test figures are shown for every combination but never choose), and
 every experiment's ΔF1 against the baseline comes with a paired bootstrap interval and p-value
-over the test sentences (significance.py). `COLUMNS` says what each renderer shows: the
-terminal's table stays narrow, summary.md has every column, summary.csv every figure unrounded.
+over the test sentences (significance.py), for the rows scored on the baseline's test set: the
+same sentences with the same gold (a digest each run records). Each row names its test corpus;
+a row tested on another corpus than it trained on (`test_dataset`) says in a footnote which
+predicted types were dropped and which gold types its model lacked. `COLUMNS` says what each
+renderer shows: the terminal's table stays narrow, summary.md has every column, summary.csv
+every figure unrounded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import config
+import data
 from comparison import significance, sweep
 from runs import scoring
 from runs.config_files import grid_groups
@@ -58,7 +63,9 @@ def summarise(configs: list[config.Config], finished: dict[str, list[dict]],
     for cfg in configs:
         runs = finished.get(cfg.name, [])
         row = {"experiment": cfg.name, "method": cfg.method, "lr": cfg.lr, "runs": len(runs),
-               "dataset": cfg.dataset, "failed": failures.get(cfg.name, []),
+               "dataset": cfg.dataset, "test_corpus": data.test_corpus_name(cfg),
+               "cross_corpus": data.is_cross_corpus(cfg), "dropped_types": [], "missed_types": [],
+               "test_set": None, "failed": failures.get(cfg.name, []),
                "selected_on_devel": False, "is_baseline": False, "pairs": None,
                "delta_f1": None, "delta_ci_low": None, "delta_ci_high": None, "p_value": None}
         if not runs and not row["failed"]:
@@ -81,7 +88,11 @@ def summarise(configs: list[config.Config], finished: dict[str, list[dict]],
                 "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
                 "memory_above_baseline_mb": max(r["peak_memory_mb"] - r["memory_baseline_mb"]
                                                 for r in runs),
-                "peak_memory_measure": runs[0]["peak_memory_measure"]})
+                "peak_memory_measure": runs[0]["peak_memory_measure"],
+                "dropped_types": runs[0].get("dropped_types", []),
+                "missed_types": runs[0].get("missed_types", []),
+                # one test set per experiment: its seeds read the same corpus
+                "test_set": runs[0].get("test_set")})
         rows.append(row)
     by_name = {r["experiment"]: r for r in rows}
     for members in grid_groups(configs).values():  # the devel choice; test never takes part
@@ -95,13 +106,11 @@ def summarise(configs: list[config.Config], finished: dict[str, list[dict]],
                         group[0])
     if finished.get(baseline):
         base_counts = test_counts(finished[baseline])
+        base_set = by_name[baseline]["test_set"]
         for row in rows:
-            if not row["runs"]:
-                continue
+            if not row["runs"] or row["test_set"] is None or row["test_set"] != base_set:
+                continue  # scored on other sentences or other gold: nothing to pair
             counts = test_counts(finished[row["experiment"]])
-            if any(len(c) != len(base_counts[0]) or (c[:, 2] != base_counts[0][:, 2]).any()
-                   for c in counts):
-                continue  # another test set (e.g. a single-type corpus): nothing to pair
             test = significance.paired_bootstrap(counts, base_counts,
                                                  settings.bootstrap_resamples,
                                                  settings.bootstrap_seed)
@@ -128,7 +137,9 @@ def signed(x: float) -> str:
 class Column:
     header: str
     cell: Callable[[dict], str]
-    terminal: bool = True  # in the terminal's table, which must stay narrow
+    # in the terminal's table, which must stay narrow; or a test of the rows (shown when the
+    # rows differ in it)
+    terminal: bool | Callable[[list[dict]], bool] = True
     file: bool = True  # in summary.md
 
 
@@ -156,6 +167,12 @@ def _p(row: dict) -> str:
     return "<0.001" if row["p_value"] < 0.001 else f"{row['p_value']:.3f}"
 
 
+def _tested_apart(row: dict) -> bool:
+    """Whether the row was tested on another corpus than it trained on, or its model lacked
+    types of the test corpus (a footnote says which)."""
+    return bool(row["cross_corpus"] or row["dropped_types"] or row["missed_types"])
+
+
 def _runs(row: dict) -> str:
     return str(row["runs"]) + (f" ({len(row['failed'])} failed)" if row["failed"] else "")
 
@@ -168,6 +185,9 @@ def _when(text: Callable[[dict], str]) -> Callable[[dict], str]:
 COLUMNS = [
     Column("experiment", lambda r: r["experiment"] + (" *" if r["selected_on_devel"] else "")),
     Column("method", lambda r: r["method"], terminal=False),
+    Column("test corpus", lambda r: r["test_corpus"] + (" ‡" if _tested_apart(r) else ""),
+           terminal=lambda rows: len({r["test_corpus"] for r in rows}) > 1 or
+           any(r["cross_corpus"] for r in rows)),
     Column("lr", lambda r: f"{r['lr']:g}"),
     Column("runs", _runs),
     Column("test F1 (mean ± std)", _f1),
@@ -188,7 +208,8 @@ COLUMNS = [
         f"{r['peak_memory_mb']:.0f} "
         f"{'CUDA' if r['peak_memory_measure'] == 'cuda_max_allocated' else 'RSS'}"))),
 ]
-CSV_FIELDS = ["experiment", "method", "lr", "runs", "dataset", "f1", "f1_std", "devel_f1",
+CSV_FIELDS = ["experiment", "method", "lr", "runs", "dataset", "test_corpus", "dropped_types",
+              "missed_types", "f1", "f1_std", "devel_f1",
               "delta_f1", "delta_ci_low", "delta_ci_high", "p_value", "pairs",
               "selected_on_devel", "precision",
               "recall", "trainable_params", "trainable_percent", "setup_seconds",
@@ -202,8 +223,8 @@ def footnotes(rows: list[dict]) -> list[str]:
     if rows:
         notes.append(f"ΔF1: mean test F1 minus the baseline's ({rows[0]['baseline']}), seeds "
                      f"paired, 95% paired bootstrap interval over test sentences; † p < 0.05, "
-                     f"exactly when the interval excludes 0; – no paired test set (scored on "
-                     f"a corpus of its own).")
+                     f"exactly when the interval excludes 0; – scored on other test sentences "
+                     f"or gold than the baseline's: nothing to pair.")
     if any(r["pairs"] == 1 for r in rows):
         notes.append("¹ one seed a side: the interval covers the choice of test sentences only, "
                      "not the seed, so † says nothing about another seed; run 3 seeds before "
@@ -211,6 +232,18 @@ def footnotes(rows: list[dict]) -> list[str]:
     if any(r["selected_on_devel"] for r in rows):
         notes.append("*: the combination of its grid with the best mean devel F1 (test F1 "
                      "never chooses).")
+    for row in rows:
+        if row["runs"] and _tested_apart(row):
+            said = []
+            if row["dropped_types"]:
+                said.append(f"its predicted {', '.join(row['dropped_types'])} dropped before "
+                            f"scoring ({row['test_corpus']} does not annotate them)")
+            if row["missed_types"]:
+                said.append(f"{', '.join(row['missed_types'])} of {row['test_corpus']} unknown "
+                            f"to the model, counted as missed")
+            trained = f"trained on {row['dataset']}, " if row["cross_corpus"] else ""
+            notes.append(f"‡ {row['experiment']}: {trained}tested on {row['test_corpus']}"
+                         + "".join(f"; {part}" for part in said) + ".")
     for row in rows:
         for failure in row["failed"]:
             notes.append(f"failed: {row['experiment']} {failure}")
@@ -235,7 +268,7 @@ def per_type_lines(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def ascii_table(rows: list[dict]) -> str:
-    shown = [c for c in COLUMNS if c.terminal]
+    shown = [c for c in COLUMNS if (c.terminal(rows) if callable(c.terminal) else c.terminal)]
     main = text_table([c.header for c in shown], [[c.cell(r) for c in shown] for r in rows])
     header, lines = per_type_lines(rows)
     per_type = text_table(header, lines) if len(header) > 1 else ""
@@ -264,7 +297,8 @@ def csv_table(rows: list[dict]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(CSV_FIELDS + [f"f1_{t}" for t in types])
     for row in rows:
-        values = {**row, "failed": "; ".join(row["failed"])}
+        values = {**row, **{key: "; ".join(row[key])
+                            for key in ("failed", "dropped_types", "missed_types")}}
         writer.writerow([values.get(c, "") if values.get(c) is not None else ""
                          for c in CSV_FIELDS] +
                         [row.get("per_type_f1", {}).get(t, "") for t in types])

@@ -54,9 +54,10 @@ class Run:
 
 
 
-def plan(configs: list[config.Config], corpus_paths) -> list[Run]:
+def plan(configs: list[config.Config], corpus_origins) -> list[Run]:
     """One run per (experiment, seed), seeds seed ... seed + repeats - 1, every fusion after
-    its sources. `corpus_paths(cfg)` gives a run's split files (read and checked already)."""
+    its sources. `corpus_origins(cfg)` gives what a run's splits are read from (read and
+    checked already: preflight.check_inputs)."""
     by_name = {c.name: c for c in configs}
     sourced = {a for c in configs for a in methods.sources_of(c) if a in by_name}
     ordered = [c for c in configs if c.name in sourced] + \
@@ -75,7 +76,8 @@ def plan(configs: list[config.Config], corpus_paths) -> list[Run]:
                     source_prints.append(fingerprint.digest(
                         [fingerprint.file_digest(folder / "weights.safetensors"),
                          fingerprint.file_digest(folder / "config.json")]))
-            run.inputs = fingerprint.run_inputs(run.cfg, corpus_paths(run.cfg), source_prints)
+            run.inputs = fingerprint.run_inputs(run.cfg, corpus_origins(run.cfg),
+                                                source_prints)
             run.fingerprint = fingerprint.digest(run.inputs)
             runs[run.key] = run
     return list(runs.values())

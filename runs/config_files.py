@@ -29,6 +29,7 @@ import yaml
 import crf
 import inject
 from config import CHOICES, SWEEP_KEYS, AugConfig, Config, ConfigError, SweepSettings
+from corpora.sources import KNOWN_CORPORA
 from methods import KEY_OWNERS, METHOD_CHOICES, METHODS
 
 # Every string key with closed choices: the run's own (config.py), the CRF's algorithms (crf.py)
@@ -66,11 +67,15 @@ def coerce(value, kind, key: str):
         if not isinstance(value, list):
             fail()
         return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:  # grid: key -> list of values, each checked when the grid expands
-        if not isinstance(value, dict) or not all(isinstance(v, list) and v
-                                                  for v in value.values()):
+    if origin is dict:
+        if not isinstance(value, dict):
             fail()
-        return dict(value)
+        if args[1] is list:  # grid: key -> list of values, each checked when the grid expands
+            if not all(isinstance(v, list) and v for v in value.values()):
+                fail()
+            return dict(value)
+        return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}")
+                for k, v in value.items()}
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             fail()
@@ -132,7 +137,27 @@ def value_problems(cfg: Config) -> list[tuple[str, str]]:
              "fusion_weights", f"one weight per adapter ({len(cfg.adapters)})")
     if cfg.fp16 and cfg.precision == "bf16":
         problems.append(("fp16", "fp16: true contradicts precision: bf16"))
+    problems += corpus_key_problems(cfg)
     return problems
+
+
+def corpus_key_problems(cfg: Config) -> list[tuple[str, str]]:
+    """A corpus key that the run's corpora never read: set in vain, so likely a mistake."""
+    hub, test_hub = cfg.dataset.startswith("hf:"), cfg.test_dataset.startswith("hf:")
+    when = {  # key -> (whether the run reads it, when it would)
+        "dataset_config": (hub, "a hub dataset (dataset: hf:...)"),
+        "dataset_revision": (hub, "a hub dataset (dataset: hf:...)"),
+        "test_dataset_config": (test_hub, "a hub test corpus (test_dataset: hf:...)"),
+        "test_dataset_revision": (test_hub, "a hub test corpus (test_dataset: hf:...)"),
+        "tokens_column": (hub or test_hub, "a hub dataset (dataset or test_dataset: hf:...)"),
+        "tags_column": (hub or test_hub, "a hub dataset (dataset or test_dataset: hf:...)"),
+        "entity_type": (hub or test_hub, "a hub dataset (dataset or test_dataset: hf:...)"),
+        "type_map": (bool(cfg.test_dataset), "a test corpus (test_dataset)"),
+    }
+    defaults = Config()
+    return [(key, f"key {key!r} is read only for {what}, found {getattr(cfg, key)!r}")
+            for key, (read, what) in when.items()
+            if not read and getattr(cfg, key) != getattr(defaults, key)]
 
 
 def suggestion(word: str, known) -> str:
@@ -391,11 +416,15 @@ def parse_overrides(args: list[str]) -> dict:
 
 def config_help() -> str:
     """Every key, its default and its why-comment, read from this file's `Config` source: the
-    comment lines just above a field and the comment beside it. `# ---` lines head a group."""
+    comment lines just above a field and the comment beside it. `# ---` lines head a group. Then
+    the methods and the corpora known by name."""
     return "config keys (top level: defaults of every experiment; experiments: [blocks]):\n" + \
         _keys_help(Config) + "\n\naug keys (aug: {p: 0.3, copies: 1}):\n" + \
         _keys_help(AugConfig) + "\n\nsweep keys (top level only):\n" + \
-        _keys_help(SweepSettings) + "\n\nmethods (method: NAME; methods.py):\n" + _methods_help()
+        _keys_help(SweepSettings) + "\n\nmethods (method: NAME; methods.py):\n" + \
+        _methods_help() + "\n\nknown corpora (dataset: NAME; downloaded once when no data " \
+        "directory is set):\n" + textwrap.fill(", ".join(KNOWN_CORPORA), width=100,
+                                                initial_indent="  ", subsequent_indent="  ")
 
 
 def _methods_help() -> str:

@@ -130,3 +130,63 @@ def noisy_copy(gold: list[list[str]], error: float, seed: int) -> list[list[str]
     rng = random.Random(seed)
     return [[rng.choice(TAGS) if rng.random() < error else t for t in sentence]
             for sentence in gold]
+
+
+# Hub-layout dataset folders (corpora/hub.py)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty 🤗 Datasets cache of the test's own, for this process and the runs it spawns."""
+    import datasets
+
+    cache = tmp_path / "hf-datasets-cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+def write_parquet(path: Path, columns: dict, features=None) -> Path:
+    """One split file of a hub-layout folder (`features`: 🤗 Datasets Features, e.g. ClassLabel
+    tags; None: inferred from the values)."""
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Dataset.from_dict(columns, features=features).to_parquet(str(path))
+    return path
+
+
+def tag_features(names: list[str], **more):
+    """Features of token rows whose `ner_tags` are ClassLabel integers of `names`."""
+    from datasets import ClassLabel, Features, List, Value
+
+    return Features({"tokens": List(Value("string")), "ner_tags": List(ClassLabel(names=names)),
+                     **more})
+
+
+def hub_folder_of(corpus: Path, folder: Path, names: dict[str, str] | None = None,
+                  readme: bool = False) -> Path:
+    """The two-column corpus folder `corpus` as a hub-layout folder of parquet files with
+    ClassLabel tags. `names`: the file name of each split (train, devel, test; default the same);
+    with `readme`, the files go under data/ and a README `configs:` header names the splits
+    train, validation and test."""
+    from corpora.iob import read_iob
+
+    names = names or {split: split for split in ("train", "devel", "test")}
+    splits = {split: read_iob(corpus / f"{split}.tsv") for split in names}
+    labels = sorted({tag for sentences in splits.values() for s in sentences for tag in s.tags})
+    header = []
+    for split, sentences in splits.items():
+        stem = names[split]
+        path = folder / "data" / f"{stem}-00000-of-00001.parquet" if readme else \
+            folder / f"{stem}.parquet"
+        write_parquet(path, {"tokens": [s.tokens for s in sentences],
+                             "ner_tags": [[labels.index(t) for t in s.tags] for s in sentences]},
+                      tag_features(labels))
+        header.append(f"  - split: {'validation' if split == 'devel' else split}\n"
+                      f"    path: data/{path.name}\n")
+    if readme:
+        (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                          + "".join(header) + "---\n# a tiny corpus\n")
+    return folder

@@ -12,6 +12,7 @@ import augment
 import data
 import model
 import train
+from config import Config
 from corpora import iob, schemes
 from runs import config_files
 
@@ -43,7 +44,7 @@ def test_mention_spans():
 def test_bank_holds_training_mentions_only(tmp_path):
     folder = write_corpus(tmp_path / "c", sizes=(30, 10, 10))
     write_iob(folder / "devel.tsv", [(["zzzdrug", "x"], ["B-Chemical", "O"])])
-    corpus = data.load_corpus(str(folder))
+    corpus = data.load_corpus(Config(dataset=str(folder)))
     bank = augment.build_mention_bank(corpus.train)
     expected = {(entity_type, tuple(s.tokens[a:b])) for s in corpus.train
                 for a, b, entity_type in schemes.mention_spans(s.tags)}

@@ -279,6 +279,30 @@ def test_make_config_reports_every_problem_in_one_error(values, expected):
     assert all(any(words in line for line in lines) for words in expected)
 
 
+@pytest.mark.parametrize("values, expected", [
+    ({"dataset": "bc5cdr", "dataset_config": "bc2gm"},
+     ["key 'dataset_config' is read only for a hub dataset (dataset: hf:...), found 'bc2gm'"]),
+    ({"test_dataset_revision": "main", "tokens_column": "words", "type_map": {"A": "B"}},
+     ["key 'test_dataset_revision' is read only for a hub test corpus",
+      "key 'tokens_column' is read only for a hub dataset (dataset or test_dataset: hf:...)",
+      "key 'type_map' is read only for a test corpus (test_dataset), found {'A': 'B'}"]),
+    ({"type_map": ["A"]}, ["key 'type_map' expects dict"]),
+    ({"type_map": {"A": 1}}, ["key 'type_map.A' expects str"]),
+])
+def test_corpus_keys_the_corpora_never_read_are_errors(values, expected):
+    with pytest.raises(config.ConfigError) as error:
+        config_files.make_config(values, "here")
+    lines = str(error.value).splitlines()
+    assert len(lines) == len(expected) and all(w in line for w, line in zip(expected, lines)), lines
+
+
+def test_corpus_keys_read_with_a_hub_dataset_or_a_test_corpus_are_fine():
+    cfg = config_files.make_config({"dataset": "bc5cdr_disease", "test_dataset": "hf:bigbio/blurb",
+                                    "test_dataset_config": "ncbi_disease",
+                                    "entity_type": "Disease", "type_map": {"Disease": "Disease"}})
+    assert cfg.type_map == {"Disease": "Disease"} and cfg.test_dataset_config == "ncbi_disease"
+
+
 # ------------------------------------------------------------------ sweep keys
 
 

@@ -10,6 +10,7 @@ from conftest import assert_error_names_line, make_sentences, write_corpus, writ
 from transformers import AutoTokenizer
 
 import data
+from config import Config
 from corpora import iob, schemes, sources
 
 # ------------------------------------------------------------------ reading
@@ -52,14 +53,14 @@ def test_unseen_tag_in_test_is_an_error_unless_allowed(tmp_path):
     folder = write_corpus(tmp_path / "c", sizes=(10, 4, 4))
     write_iob(folder / "test.tsv", [(["x", "y"], ["B-Gene", "O"])])
     with pytest.raises(ValueError, match="test.tsv.*B-Gene.*allow_unseen_tags"):
-        data.load_corpus(str(folder))
-    corpus = data.load_corpus(str(folder), allow_unseen_tags=True)
+        data.load_corpus(Config(dataset=str(folder)))
+    corpus = data.load_corpus(Config(dataset=str(folder), allow_unseen_tags=True))
     assert corpus.test[0].tags == ["B-Gene", "O"]
 
 
 def test_limits_keep_first_sentences(tmp_path):
     folder = write_corpus(tmp_path / "c", sizes=(30, 10, 10))
-    corpus = data.load_corpus(str(folder), train_limit=7, eval_limit=3)
+    corpus = data.load_corpus(Config(dataset=str(folder), train_limit=7, eval_limit=3))
     assert (len(corpus.train), len(corpus.devel), len(corpus.test)) == (7, 3, 3)
     assert corpus.train == iob.read_iob(folder / "train.tsv")[:7]
 
@@ -73,8 +74,8 @@ def test_labels_come_from_the_whole_training_file(tmp_path):
     write_iob(folder / "train.tsv", [chemical] * 5 + [disease])
     write_iob(folder / "devel.tsv", [chemical, disease])
     write_iob(folder / "test.tsv", [disease])
-    whole = data.load_corpus(str(folder))
-    limited = data.load_corpus(str(folder), train_limit=5)
+    whole = data.load_corpus(Config(dataset=str(folder)))
+    limited = data.load_corpus(Config(dataset=str(folder), train_limit=5))
     assert limited.labels == whole.labels == ["O", "B-Chemical", "I-Chemical", "B-Disease",
                                               "I-Disease"]
     assert limited.train == [iob.Sentence(*chemical)] * 5  # the limit slices sentences only
@@ -158,6 +159,35 @@ def test_a_missing_corpus_lists_the_corpora_of_the_data_directory(tmp_path):
         sources.find_corpus("bc5dcr", str(tmp_path))
 
 
+# Every -IOB folder of the MTL-Bioinformatics-2016 repository's data/ (BC4CHEMD's is not one).
+MTL_FOLDERS = [
+    "AnatEM", "BC2GM", "BC5CDR", "BC5CDR-chem", "BC5CDR-disease", "BioNLP09", "BioNLP11EPI",
+    "BioNLP11ID", "BioNLP11ID-chem", "BioNLP11ID-ggp", "BioNLP11ID-species", "BioNLP13CG",
+    "BioNLP13CG-cc", "BioNLP13CG-cell", "BioNLP13CG-chem", "BioNLP13CG-ggp", "BioNLP13CG-species",
+    "BioNLP13GE", "BioNLP13PC", "BioNLP13PC-cc", "BioNLP13PC-chem", "BioNLP13PC-ggp", "CRAFT",
+    "CRAFT-cc", "CRAFT-cell", "CRAFT-chem", "CRAFT-ggp", "CRAFT-species", "Ex-PTM", "linnaeus",
+    "NCBI-disease"]
+
+
+def test_every_mtl_corpus_is_known_by_its_folder_name_in_lower_case():
+    assert sources.KNOWN_CORPORA == {folder.lower().replace("-", "_"): f"{folder}-IOB"
+                                     for folder in sorted(MTL_FOLDERS, key=str.lower)}
+    from runs import config_files
+
+    help_text = " ".join(config_files.config_help().split())
+    assert ", ".join(sources.KNOWN_CORPORA) in help_text  # compare.py --help lists them
+
+
+def test_an_unknown_name_lists_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="neither a folder nor a known corpus .*bc2gm, "
+                                                "bc5cdr, .*, linnaeus, ncbi_disease"):
+        sources.find_corpus("bc2gn", None)
+    with pytest.raises(FileNotFoundError, match="without a data directory these names are "
+                                                "downloaded: anatem, bc2gm, "):
+        sources.find_corpus("bc2gn", str(tmp_path))
+
+
 # ------------------------------------------------------------------ tagging schemes
 
 
@@ -194,7 +224,7 @@ def test_a_rare_type_beside_a_similar_frequent_one_is_named_as_a_likely_typo(tmp
     sentences[3] = (["aspirin"], ["B-Chemcial"])
     folder = write_corpus(tmp_path / "c")
     write_iob(folder / "train.tsv", sentences)
-    corpus = data.load_corpus(str(folder), allow_unseen_tags=True)
+    corpus = data.load_corpus(Config(dataset=str(folder), allow_unseen_tags=True))
     assert "B-Chemcial" in corpus.labels  # still a label of its own: a warning, not an error
     warning = capsys.readouterr().err
     assert "entity type 'Chemcial' has 1 mention(s) beside 'Chemical'" in warning
@@ -331,6 +361,66 @@ def test_collate_pads_to_multiples_of_16_with_masks(tokenizer):
         assert row[:len(w.word_starts)].all() and not row[len(w.word_starts):].any()
         assert torch.equal(batch["input_ids"][b, batch["word_index"][b, :len(w.word_starts)]],
                            torch.tensor([w.input_ids[s] for s in w.word_starts]))
+
+
+# ------------------------------------------------------------------ test on another corpus
+
+
+def gene_corpus(folder):
+    """A corpus of Disease and Gene mentions (Chemical renamed Gene): what a Chemical and
+    Disease model has never seen half of."""
+    for offset, (split, n) in enumerate(zip(("train", "devel", "test"), (20, 8, 8))):
+        write_iob(folder / f"{split}.tsv", [
+            (tokens, [tag.replace("Chemical", "Gene") for tag in tags])
+            for tokens, tags in make_sentences(n, seed=50 + offset)])
+    return folder
+
+
+def test_test_dataset_replaces_test_and_keeps_types_the_model_lacks(tmp_path):
+    own = write_corpus(tmp_path / "own")
+    other = gene_corpus(tmp_path / "other")
+    corpus = data.load_corpus(Config(dataset=str(own), test_dataset=str(other), eval_limit=5))
+    assert corpus.train == iob.read_iob(own / "train.tsv")
+    assert corpus.devel == iob.read_iob(own / "devel.tsv")[:5]
+    assert corpus.test == iob.read_iob(other / "test.tsv")[:5]  # Gene: no error, counted missed
+    assert corpus.labels == ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
+    assert corpus.test_types == ["Disease", "Gene"] and corpus.cross_corpus
+    assert corpus.test_corpus == str(other)
+    assert str(corpus.origins["test"]) == str(other / "test.tsv")
+    assert not data.load_corpus(Config(dataset=str(own))).cross_corpus
+
+
+def test_type_map_renames_the_test_corpus_types(tmp_path):
+    own = write_corpus(tmp_path / "own")
+    other = gene_corpus(tmp_path / "other")
+    corpus = data.load_corpus(Config(dataset=str(own), test_dataset=str(other),
+                                     type_map={"Gene": "Chemical"}))
+    assert corpus.test == data.rename_types(iob.read_iob(other / "test.tsv"), {"Gene": "Chemical"})
+    assert corpus.test_types == ["Chemical", "Disease"]
+    with pytest.raises(ValueError, match=r"type_map renames \['Protein'\], which the test corpus "
+                                         r"lacks \(its types: Disease, Gene\)"):
+        data.load_corpus(Config(dataset=str(own), test_dataset=str(other),
+                                type_map={"Protein": "Chemical"}))
+
+
+def test_entity_types_keep_those_types_in_every_split(tmp_path):
+    own = write_corpus(tmp_path / "own")
+    corpus = data.load_corpus(Config(dataset=str(own), entity_types=["Disease"]))
+    assert corpus.labels == ["O", "B-Disease", "I-Disease"]
+    assert data.entity_types_of(data.tags_of(corpus.train + corpus.devel + corpus.test)) == \
+        ["Disease"]
+    assert [s.tokens for s in corpus.test] == [s.tokens for s in iob.read_iob(own / "test.tsv")]
+    with pytest.raises(ValueError, match=r"entity_types names \['Gen'\], which the training "
+                                         r"split lacks \(its types: Chemical, Disease\)"):
+        data.load_corpus(Config(dataset=str(own), entity_types=["Gen"]))
+
+
+def test_keep_and_rename_types_docstring_examples():
+    assert data.keep_types(["B-A", "I-A", "B-B"], {"B"}) == ["O", "O", "B-B"]
+    assert data.entity_types_of(["O", "B-Disease", "I-Disease", "B-Chemical"]) == \
+        ["Chemical", "Disease"]
+    assert data.rename_types([iob.Sentence(["a", "b"], ["B-X", "I-X"])], {"X": "Y"}) == \
+        [iob.Sentence(["a", "b"], ["B-Y", "I-Y"])]
 
 
 @pytest.mark.parametrize("from_env", [True, False])

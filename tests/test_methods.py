@@ -25,6 +25,7 @@ import model
 import predict
 import train
 from comparison.fingerprint import digest, run_inputs
+from corpora.sources import Origin
 from runs import config_files
 from runs.folders import load_json, run_dir, source_dirs
 
@@ -211,8 +212,9 @@ def other_value(key: str, value):
 
 
 def fingerprint(cfg: config.Config) -> str:
-    paths = {split: Path(cfg.dataset) / f"{split}.tsv" for split in ("train", "devel", "test")}
-    return digest(run_inputs(cfg, paths, ["x", "y"]))
+    origins = {split: Origin("file", str(Path(cfg.dataset) / f"{split}.tsv"))
+               for split in ("train", "devel", "test")}
+    return digest(run_inputs(cfg, origins, ["x", "y"]))
 
 
 @pytest.mark.parametrize("name", list(methods.METHODS))

@@ -95,7 +95,8 @@ def test_terminal_table_stays_narrow_with_many_types():
            "setup_seconds": 3, "train_seconds": 100, "tokens_per_second": 2000,
            "peak_memory_mb": 900, "peak_memory_measure": "cpu_peak_rss", "selected_on_devel": False,
            "delta_f1": 0.01, "delta_ci_low": -0.002, "delta_ci_high": 0.02, "p_value": 0.04,
-           "baseline": "full", "is_baseline": False, "pairs": 3}
+           "baseline": "full", "is_baseline": False, "pairs": 3, "test_corpus": "bc5cdr",
+           "dataset": "bc5cdr", "cross_corpus": False, "dropped_types": [], "missed_types": []}
     text = report.ascii_table([row])
     main = text.split("\n\n")[0]
     assert max(len(line) for line in main.splitlines() if line.startswith(("|", "+"))) <= 150
@@ -126,7 +127,8 @@ def test_csv_has_the_protocol_columns():
 def cell_row(**values) -> dict:
     base = {"experiment": "x", "runs": 3, "is_baseline": False, "pairs": 3, "p_value": 0.0004,
             "delta_f1": 0.02, "delta_ci_low": 0.01, "delta_ci_high": 0.03,
-            "selected_on_devel": False, "baseline": "full", "failed": []}
+            "selected_on_devel": False, "baseline": "full", "failed": [], "test_corpus": "c",
+            "dataset": "c", "cross_corpus": False, "dropped_types": [], "missed_types": []}
     return {**base, **values}
 
 
@@ -173,3 +175,60 @@ def test_each_config_writes_to_its_own_folder_and_a_sweep_refuses_anothers(
     assert "output_dir outputs/first holds the runs of another sweep" in line
     assert str(tmp_path / "first.yml") in line
     assert compare.main([str(tmp_path / "second.yml"), "--dry-run"]) == 0  # its own: fine
+
+
+# ------------------------------------------------------------------ test sets and corpora
+
+
+def finished_run(folder, name: str, test_set: str, f1: float) -> dict:
+    """A finished run's metrics whose predictions.txt scores 1 of 2 sentences right."""
+    folder.mkdir(parents=True)
+    (folder / "predictions.txt").write_text("aspirin B-Chemical B-Chemical\n\n"
+                                            "fever B-Disease O\n")
+    return {"name": name, "seed": 1, "run_dir": str(folder), "test_set": test_set,
+            "test": {"f1": f1, "precision": 0, "recall": 0, "per_type": {}},
+            "devel": {"f1": 0.5}, "trainable_params": 1, "total_params": 1, "setup_seconds": 0,
+            "train_seconds": 1, "tokens_per_second": 1, "peak_memory_mb": 1,
+            "peak_memory_measure": "cpu_peak_rss", "devel_f1_per_epoch": [0.5]}
+
+
+def test_rows_pair_only_when_scored_on_the_same_test_set(tmp_path):
+    """Equal gold entity counts are not the same test set: the recorded digest of the test
+    sentences and gold decides."""
+    configs = [config.Config(name=n) for n in ("base", "same", "other")]
+    finished = {"base": [finished_run(tmp_path / "base", "base", "aaaa", 0.6)],
+                "same": [finished_run(tmp_path / "same", "same", "aaaa", 0.6)],
+                "other": [finished_run(tmp_path / "other", "other", "bbbb", 0.6)]}
+    rows = {r["experiment"]: r for r in report.summarise(
+        configs, finished, {}, config.SweepSettings(bootstrap_resamples=50))}
+    assert rows["same"]["delta_f1"] == 0.0 and rows["same"]["pairs"] == 1
+    assert rows["other"]["delta_f1"] is None and report._delta(rows["other"]) == "–"
+
+
+def test_a_cross_corpus_row_names_its_test_corpus_and_the_types_left_out(tmp_path,
+                                                                         tiny_encoder):
+    """Trained on Chemical and Disease, tested on a corpus of Disease and Gene: its Chemical
+    predictions are dropped, Gene counts as missed, and the row pairs with the baseline trained
+    on that corpus, which was scored on the same test sentences."""
+    from conftest import write_corpus
+    from test_data import gene_corpus
+
+    own, other = write_corpus(tmp_path / "own"), gene_corpus(tmp_path / "other")
+    path = write_sweep(tmp_path, tiny_encoder, other,
+                       f"  - {{name: in-corpus}}\n"
+                       f"  - {{name: cross, dataset: {own}, test_dataset: {other}}}\n"
+                       f"  - {{name: elsewhere, dataset: {own}}}\n", top="baseline: in-corpus\n")
+    assert compare.main([str(path)]) == 0
+    rows = {r["experiment"]: r for r in table(tmp_path)}
+    assert (rows["cross"]["dataset"], rows["cross"]["test_corpus"]) == (str(own), str(other))
+    assert (rows["cross"]["dropped_types"], rows["cross"]["missed_types"]) == ("Chemical", "Gene")
+    assert rows["cross"]["delta_f1"] != "" and rows["elsewhere"]["delta_f1"] == ""
+    predicted = (tmp_path / "out" / "cross" / "seed3" / "predictions.txt").read_text()
+    assert "Chemical" not in predicted and "B-Gene" in predicted  # dropped; gold kept, missed
+    metrics = json.loads((tmp_path / "out" / "cross" / "seed3" / "metrics.json").read_text())
+    assert metrics["test"]["per_type"]["Gene"]["recall"] == 0.0
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert f"| cross | full | {other} ‡ |" in markdown
+    assert (f"‡ cross: trained on {own}, tested on {other}; its predicted Chemical dropped "
+            f"before scoring ({other} does not annotate them); Gene of {other} unknown to the "
+            f"model, counted as missed.") in markdown

@@ -45,8 +45,8 @@ def f1s(rows: list[dict]) -> dict[str, str]:
 
 def planned(path) -> list[sweep.Run]:
     configs = config_files.experiment_configs(path)
-    _, paths = preflight.check_inputs(configs)
-    return sweep.plan(configs, lambda cfg: paths[cfg.dataset, cfg.data_dir])
+    _, origins = preflight.check_inputs(configs)
+    return sweep.plan(configs, origins)
 
 
 # ------------------------------------------------------------------ never stale

@@ -253,7 +253,7 @@ def test_lora_checkpoint_reproduces_predictions_bit_for_bit(tmp_path, tiny_encod
     encoder, tokenizer = model.load_encoder(str(tiny_encoder))
     tagger = model.build_tagger(cfg, labels, encoder)[0]
     model.load_weights_file(tagger, run_dir(cfg) / "weights.safetensors")
-    corpus = data.load_corpus(str(tiny_corpus))
+    corpus = data.load_corpus(config.Config(dataset=str(tiny_corpus)))
     tokenized = data.tokenize_sentences(corpus.test, tokenizer, labels)
     windows = data.make_windows(tokenized, 64, tokenizer.cls_token_id, tokenizer.sep_token_id)
     batcher = inference.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"))
@@ -357,7 +357,7 @@ def test_evaluation_is_deterministic_with_dropout(tmp_path, tiny_encoder, tiny_c
             module.p = 0.3
     tagger = model.Tagger(encoder, num_tags=5, dropout=0.5).train()
     labels = ["O", "B-Chemical", "I-Chemical", "B-Disease", "I-Disease"]
-    corpus = data.load_corpus(str(tiny_corpus))
+    corpus = data.load_corpus(config.Config(dataset=str(tiny_corpus)))
     windows = data.make_windows(data.tokenize_sentences(corpus.test, tokenizer, labels), 64,
                                 tokenizer.cls_token_id, tokenizer.sep_token_id)
     batcher = inference.Batcher(tokenizer.pad_token_id, 64, 1, torch.device("cpu"))
