@@ -297,7 +297,7 @@ def csv_table(rows: list[dict]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(CSV_FIELDS + [f"f1_{t}" for t in types])
     for row in rows:
-        values = {**row, **{key: "; ".join(row[key])
+        values = {**row, **{key: "; ".join(row.get(key) or [])
                             for key in ("failed", "dropped_types", "missed_types")}}
         writer.writerow([values.get(c, "") if values.get(c) is not None else ""
                          for c in CSV_FIELDS] +

@@ -416,7 +416,8 @@ def test_shipped_configs_are_valid(name, capsys):
         # every LoRA rank and every other PEFT method has a learning-rate grid of 3 or more
         groups = config_files.grid_groups(configs)
         for block in ("lora-r8", "lora-r16", "lora-r32", "lora-r64", "lora-r16-all-linear",
-                      "dora-r16", "lora-plus-r16", "pfeiffer", "houlsby", "ia3", "bitfit"):
+                      "dora-r16", "lora-plus-r16", "pfeiffer", "houlsby", "parallel", "ia3",
+                      "bitfit", "layernorm", "prefix", "partial"):
             assert len({by_name[m].lr for m in groups[block]}) >= 3, block
         assert by_name["lora-r16-crf[crf_lr=0.05]"].crf and by_name["lora-aug"].aug == \
             config.AugConfig(p=0.3, copies=1)
@@ -428,10 +429,15 @@ def test_shipped_configs_are_valid(name, capsys):
     if name == "peft_cpu":
         by_name = {c.name: c for c in configs}
         assert (by_name["full"].lr, by_name["lora-r16"].lr) == (4e-4, 4e-3)  # study_cpu's
+        # the earlier PEFT study's devel choices for the methods it gridded; grids for the rest
+        assert {name: by_name[name].lr for name in ("lora-r16-all-linear", "dora-r16",
+                                                    "lora-plus-r16", "ia3", "bitfit")} == \
+            {"lora-r16-all-linear": 2e-3, "dora-r16": 4e-3, "lora-plus-r16": 5e-4, "ia3": 1e-1,
+             "bitfit": 1e-2}
         groups = config_files.grid_groups(configs)
-        assert set(groups) == {"lora-r16-all-linear", "dora-r16", "lora-plus-r16", "pfeiffer",
-                               "houlsby", "ia3", "bitfit"}
-        assert all(len(members) >= 3 for members in groups.values())
+        assert set(groups) == {"pfeiffer", "houlsby", "parallel", "prefix", "layernorm", "partial"}
+        assert all(len({by_name[m].lr for m in members}) >= 3 for members in groups.values())
+        assert {c.method for c in configs} == set(methods.METHODS) - {"fusion"}
         assert {(c.train_limit, c.eval_limit, c.epochs, c.repeats) for c in configs} == \
             {(1000, 500, 3, 3)}
 

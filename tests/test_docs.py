@@ -33,12 +33,17 @@ def commands(page: Path) -> list[list[str]]:
     found = []
     blocks = re.findall(r"```(\w*)\n(.*?)```", page.read_text(), flags=re.DOTALL)
     for language, block in blocks:  # every fenced block, so that none is paired wrongly
-        if language not in ("", "bash", "sh"):
+        if language not in ("bash", "sh"):
             continue
-        text = block.replace("\\\n", " ")
+        text, pending = block.replace("\\\n", " "), ""
         for line in text.splitlines():
-            line = line.split(" #", 1)[0].strip()
-            words = shlex.split(line, comments=True) if "python" in line else []
+            line = pending + line.split(" #", 1)[0].strip()
+            try:  # a quoted argument may run over several lines (python -c "...")
+                words = shlex.split(line, comments=True) if "python" in line else []
+            except ValueError:
+                pending = line + "\n"
+                continue
+            pending = ""
             while words and "=" in words[0] and not words[0].startswith("-"):
                 words = words[1:]  # environment assignments: NER_DATA_DIR=... python ...
             if words[:1] in (["python"], ["python3"]):

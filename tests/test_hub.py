@@ -212,8 +212,9 @@ def test_an_uncached_hub_id_without_network_is_one_line_within_30s(tmp_path, tin
     assert compare.main([str(path)]) == 2
     assert time.perf_counter() - started < 30
     [line] = capsys.readouterr().err.strip().splitlines()  # once, though two experiments use it
-    assert line.startswith("experiments 'a', 'b': dataset 'hf:bigbio/blurb' is not in the 🤗 "
-                           f"Datasets cache ({hf_cache})")
+    assert line.startswith("dataset 'hf:bigbio/blurb' is not in the 🤗 Datasets cache "
+                           f"({hf_cache})")
+    assert line.endswith("(used by 2 experiments: 'a', 'b')")
     assert "dataset: hf:/path/to/folder" in line
     assert ("offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)" in line) == offline
     assert ("(http://127.0.0.1:9) cannot be reached" in line) != offline

@@ -189,7 +189,8 @@ def finished_run(folder, name: str, test_set: str, f1: float) -> dict:
             "test": {"f1": f1, "precision": 0, "recall": 0, "per_type": {}},
             "devel": {"f1": 0.5}, "trainable_params": 1, "total_params": 1, "setup_seconds": 0,
             "train_seconds": 1, "tokens_per_second": 1, "peak_memory_mb": 1,
-            "peak_memory_measure": "cpu_peak_rss", "devel_f1_per_epoch": [0.5]}
+            "memory_baseline_mb": 0.5, "peak_memory_measure": "cpu_peak_rss",
+            "devel_f1_per_epoch": [0.5]}
 
 
 def test_rows_pair_only_when_scored_on_the_same_test_set(tmp_path):
