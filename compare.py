@@ -75,9 +75,8 @@ def prepare(argv: list[str]):
     if len({c.output_dir for c in configs}) > 1:
         problems.append(f"{path}: output_dir must be the same for every experiment of a sweep")
     names = {c.name for c in configs}
-    base = settings.baseline
-    if base and base not in names and base not in grid_groups(configs):
-        problems.append(f"{path}: baseline {base!r} is not an experiment of this sweep")
+    problems += [f"{path}: baseline {base!r} is not an experiment of this sweep"
+                 for base in settings.baseline if base not in names | set(grid_groups(configs))]
     try:
         parallel = int(flags.get("--parallel", 1))
         assert parallel >= 1

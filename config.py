@@ -180,9 +180,11 @@ class Config:
 @dataclass
 class SweepSettings:
     """Top-level keys of a sweep file that belong to the comparison, not to any one run."""
-    # experiment every other is compared with (ΔF1, paired bootstrap); empty: the first one.
-    # A gridded experiment's name means its combination with the best mean devel F1
-    baseline: str = ""
+    # the experiment every other is compared with (ΔF1, paired bootstrap); empty: the first one.
+    # A gridded experiment's name means its combination with the best mean devel F1. A list
+    # names one per test set (a sweep over several corpora): each row is compared with the one
+    # scored on its test sentences
+    baseline: list[str] = dataclasses.field(default_factory=list)
     bootstrap_resamples: int = 1000  # paired bootstrap resamples of the test sentences
     bootstrap_seed: int = 0  # seed of the bootstrap's resampling: the same table every time
 

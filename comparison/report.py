@@ -8,7 +8,9 @@ The table is honest about the protocol: each gridded experiment's combination wi
 mean devel F1 is marked (test figures are shown for every combination but never choose), and
 every experiment's ΔF1 against the baseline comes with a paired bootstrap interval and p-value
 over the test sentences (significance.py), for the rows scored on the baseline's test set: the
-same sentences with the same gold (a digest each run records). Each row names its test corpus;
+same sentences with the same gold (a digest each run records). A sweep over several corpora
+names a baseline per test set, and each row is compared with the one that shares its test
+sentences. Each row names its test corpus;
 a row tested on another corpus than it trained on (`test_dataset`) says in a footnote which
 predicted types were dropped and which gold types its model lacked. `COLUMNS` says what each
 renderer shows: the terminal's table stays narrow, summary.md has every column, summary.csv
@@ -99,29 +101,28 @@ def summarise(configs: list[config.Config], finished: dict[str, list[dict]],
         scored = [by_name[m] for m in members if m in by_name and by_name[m]["runs"]]
         if scored:
             max(scored, key=lambda r: r["devel_f1"])["selected_on_devel"] = True
-    baseline = settings.baseline or configs[0].name
-    group = grid_groups(configs).get(baseline)
-    if group:
-        baseline = next((m for m in group if m in by_name and by_name[m]["selected_on_devel"]),
-                        group[0])
-    if finished.get(baseline):
-        base_counts = test_counts(finished[baseline])
-        base_set = by_name[baseline]["test_set"]
-        for row in rows:
-            if not row["runs"] or row["test_set"] is None or row["test_set"] != base_set:
-                continue  # scored on other sentences or other gold: nothing to pair
-            counts = test_counts(finished[row["experiment"]])
-            test = significance.paired_bootstrap(counts, base_counts,
-                                                 settings.bootstrap_resamples,
-                                                 settings.bootstrap_seed)
-            row.update(delta_f1=test["delta"], delta_ci_low=test["ci_low"],
-                       delta_ci_high=test["ci_high"], p_value=test["p_value"],
-                       pairs=test["pairs"])
+    groups = grid_groups(configs)
+    baselines = [next((m for m in groups[name] if m in by_name and
+                       by_name[m]["selected_on_devel"]), groups[name][0])
+                 if name in groups else name  # a grid's name: its devel choice
+                 for name in settings.baseline or [configs[0].name]]
+    finished_baselines = [b for b in baselines if finished.get(b)]
     for row in rows:
-        row["baseline"] = baseline
-        row["is_baseline"] = row["experiment"] == baseline
-        # scored on the baseline's test set (the same sentences and gold), or on another
-        row["own_test_set"] = bool(finished.get(baseline)) and row["delta_f1"] is None
+        # the baseline scored on this row's test sentences and gold, if any
+        baseline = next((b for b in finished_baselines if row["runs"] and row["test_set"]
+                         is not None and row["test_set"] == by_name[b]["test_set"]), None)
+        row["baseline"] = baseline or baselines[0]
+        row["is_baseline"] = row["experiment"] in baselines
+        # scored on a baseline's test set (the same sentences and gold), or on another
+        row["own_test_set"] = bool(finished_baselines) and baseline is None
+        if baseline is None:
+            continue  # scored on other sentences or other gold: nothing to pair
+        test = significance.paired_bootstrap(test_counts(finished[row["experiment"]]),
+                                             test_counts(finished[baseline]),
+                                             settings.bootstrap_resamples,
+                                             settings.bootstrap_seed)
+        row.update(delta_f1=test["delta"], delta_ci_low=test["ci_low"],
+                   delta_ci_high=test["ci_high"], p_value=test["p_value"], pairs=test["pairs"])
     return rows
 
 
@@ -220,11 +221,18 @@ CSV_FIELDS = ["experiment", "method", "lr", "runs", "dataset", "test_corpus", "d
 
 def footnotes(rows: list[dict]) -> list[str]:
     notes = []
-    if rows:
-        notes.append(f"ΔF1: mean test F1 minus the baseline's ({rows[0]['baseline']}), seeds "
+    baselines = list(dict.fromkeys(r["baseline"] for r in rows))
+    if len(baselines) == 1:
+        notes.append(f"ΔF1: mean test F1 minus the baseline's ({baselines[0]}), seeds "
                      f"paired, 95% paired bootstrap interval over test sentences; † p < 0.05, "
                      f"exactly when the interval excludes 0; – scored on other test sentences "
                      f"or gold than the baseline's: nothing to pair.")
+    elif baselines:
+        notes.append(f"ΔF1: mean test F1 minus that of the baseline scored on the same test "
+                     f"sentences ({', '.join(baselines)}), seeds paired, 95% paired bootstrap "
+                     f"interval over test sentences; † p < 0.05, exactly when the interval "
+                     f"excludes 0; – scored on other test sentences or gold than every "
+                     f"baseline's: nothing to pair.")
     if any(r["pairs"] == 1 for r in rows):
         notes.append("¹ one seed a side: the interval covers the choice of test sentences only, "
                      "not the seed, so † says nothing about another seed; run 3 seeds before "

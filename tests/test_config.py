@@ -310,7 +310,7 @@ def test_sweep_settings_read_the_top_level_and_experiments_ignore_them(tmp_path)
     path = write_yaml(tmp_path, "baseline: lora\nbootstrap_resamples: 200\nbootstrap_seed: 3\n"
                                 "experiments:\n  - {name: full}\n  - {name: lora, method: lora}\n")
     settings = config_files.sweep_settings(path)
-    assert settings == config.SweepSettings(baseline="lora", bootstrap_resamples=200,
+    assert settings == config.SweepSettings(baseline=["lora"], bootstrap_resamples=200,
                                             bootstrap_seed=3)
     assert [c.name for c in config_files.experiment_configs(path)] == ["full", "lora"]
     assert config_files.sweep_settings(path, {"bootstrap_seed": 9}).bootstrap_seed == 9
@@ -408,7 +408,7 @@ def test_shipped_configs_are_valid(name, capsys):
                 "fusion-attention", "lora-r16-all-linear[lr=0.001]", "dora-r16[lr=0.001]",
                 "lora-plus-r16[lr=0.0002]", "pfeiffer[lr=0.0003]", "houlsby[lr=0.0003]",
                 "ia3[lr=0.003]", "bitfit[lr=0.0005]", "adapter-fusion"} <= set(by_name)
-        assert config_files.sweep_settings(path).baseline == "full"  # the grid's devel choice
+        assert config_files.sweep_settings(path).baseline == ["full"]  # the grid's devel choice
         seed_block = by_name["lora-r32-cosine"]
         assert (seed_block.rank, seed_block.lr, seed_block.lr_scheduler_type,
                 seed_block.warmup_steps) == (32, 5e-5, "cosine", 300)

@@ -81,7 +81,7 @@ def test_grid_marks_the_best_devel_combination_and_never_uses_test(tmp_path):
     # The first combination is better on devel, the second on test: devel decides.
     finished = {"lora[lr=0.001]": [run("lora[lr=0.001]", 0.9, 0.1)],
                 "lora[lr=0.002]": [run("lora[lr=0.002]", 0.5, 0.95)]}
-    settings = config.SweepSettings(baseline="nothing-finished")
+    settings = config.SweepSettings(baseline=["nothing-finished"])
     rows = report.summarise(list(configs), finished, {}, settings)
     assert [r["selected_on_devel"] for r in rows] == [True, False]
     assert "lora[lr=0.001] *" in report.ascii_table(rows)
@@ -233,3 +233,26 @@ def test_a_cross_corpus_row_names_its_test_corpus_and_the_types_left_out(tmp_pat
     assert (f"‡ cross: trained on {own}, tested on {other}; its predicted Chemical dropped "
             f"before scoring ({other} does not annotate them); Gene of {other} unknown to the "
             f"model, counted as missed.") in markdown
+
+
+def test_a_sweep_over_two_corpora_compares_each_row_with_its_corpus_baseline(tmp_path,
+                                                                            tiny_encoder):
+    """baseline: [a list]: each row is paired with the baseline scored on its test sentences."""
+    from conftest import write_corpus
+
+    first, second = write_corpus(tmp_path / "first"), write_corpus(tmp_path / "second", seed=7)
+    path = write_sweep(tmp_path, tiny_encoder, first,
+                       "  - {name: full-first}\n  - {name: lr-first, lr: 3e-3}\n"
+                       f"  - {{name: full-second, dataset: {second}}}\n"
+                       f"  - {{name: lr-second, dataset: {second}, lr: 3e-3}}\n",
+                       top="baseline: [full-first, full-second]\n")
+    assert compare.main([str(path)]) == 0
+    rows = {r["experiment"]: r for r in table(tmp_path)}
+    assert {name: row["baseline"] for name, row in rows.items()} == {
+        "full-first": "full-first", "lr-first": "full-first", "full-second": "full-second",
+        "lr-second": "full-second"}
+    assert rows["lr-first"]["delta_f1"] != "" and rows["lr-second"]["delta_f1"] != ""
+    assert rows["full-second"]["delta_f1"] == "0.0"  # each baseline against itself
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "the baseline scored on the same test sentences (full-first, full-second)" in markdown
+    assert compare.main([str(path), "--baseline=[full-first, nowhere]"]) == 2
