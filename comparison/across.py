@@ -15,7 +15,9 @@ their ranks). The table gives each method's ΔF1 against the baseline method per
 p < 0.05), its mean rank over the corpora, and its trainable parameters on the reference corpus
 (the head's size follows each corpus's entity types); then Kendall's τ-b between each corpus's
 ranking and the reference corpus's, over the methods both rank: 1 the same order, -1 the
-reverse, near 0 no relation.
+reverse, near 0 no relation. The mean rank ranks only the methods that every corpus has, so that
+a method missing from one corpus (a sweep stopped early) moves no other method's rank; a missing
+method has none, and comes after those that have one.
 
 Left out: intervals (each sweep's own table has them), and a test of the rank agreement (with
 13 methods and 3 seeds, τ's own uncertainty would need a bootstrap over seeds and sentences).
@@ -112,16 +114,22 @@ def table(rows: list[dict], reference: str, baseline: str) -> str:
         mark = " †" if float(row["p_value"]) < ALPHA else ""
         return signed(float(row["delta_f1"])) + mark
 
-    mean_ranks = {m: sum(ranked[c][m] for c in corpora if m in ranked[c]) /
-                  sum(m in ranked[c] for c in corpora) for m in methods}
+    everywhere = [m for m in methods if all(m in by_corpus[c] for c in corpora)]
+    mean_ranks = {m: 0.0 for m in everywhere}
+    for corpus in corpora:
+        for method, rank in ranks({m: float(by_corpus[corpus][m]["f1"])
+                                   for m in everywhere}).items():
+            mean_ranks[method] += rank / len(corpora)
     header = (["method", "trainable params"] + [f"ΔF1 {c}" for c in corpora] +
-              [f"mean rank ({len(corpora)} corpora)"])
+              [f"mean rank ({len(corpora)} corpora, {len(everywhere)} methods)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in sorted(methods, key=lambda m: mean_ranks[m]):
+    missing = [m for m in methods if m not in mean_ranks]  # in the reference corpus's order
+    for method in sorted(everywhere, key=lambda m: mean_ranks[m]) + missing:
         params = by_corpus[reference].get(method, {}).get("trainable_params")
         lines.append("| " + " | ".join(
             [f"`{method}`", f"{int(params):,}" if params else "–"] +
-            [delta(c, method) for c in corpora] + [f"{mean_ranks[method]:.1f}"]) + " |")
+            [delta(c, method) for c in corpora] +
+            [f"{mean_ranks[method]:.1f}" if method in mean_ranks else "–"]) + " |")
     agreement = []
     for corpus in corpora[1:]:
         shared = [m for m in methods if m in ranked[corpus] and m in ranked[reference]]

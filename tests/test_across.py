@@ -57,7 +57,8 @@ def test_the_table_ranks_methods_per_corpus_and_compares_rankings(tmp_path, caps
         row("full", "x", 0.8, 0.0, 1.0, params=1000),
         row("lora[lr=1]", "x", 0.9, 0.1, 0.5), row("lora[lr=2]", "x", 0.6, -0.2, 0.01,
                                                     selected=True),
-        row("ia3", "x", 0.7, -0.1, 0.001, params=10)])
+        row("ia3", "x", 0.7, -0.1, 0.001, params=10),
+        row("bitfit", "x", 0.95, 0.15, 0.001, params=5)])  # not run on y: no mean rank
     write_summary(tmp_path / "two", [
         row("full@y", "y", 0.5, 0.0, 1.0), row("lora@y", "y", 0.7, 0.2, 0.001),
         row("ia3@y", "y", 0.4, -0.1, 0.2), row("full-from-x@y", "y", 0.3, -0.2, 0.001,
@@ -67,11 +68,14 @@ def test_the_table_ranks_methods_per_corpus_and_compares_rankings(tmp_path, caps
                                               f"output_dir: {tmp_path / name}\n")
     assert across.main([str(tmp_path / "one.yml"), str(tmp_path / "two.yml")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    # x: full 0.8 (1), ia3 0.7 (2), lora's devel choice 0.6 (3); y: lora 1, full 2, ia3 3
-    assert lines[2:5] == ["| `full` | 1,000 | F1 0.800 | F1 0.500 | 1.5 |",
+    # Among the methods both corpora have: x: full 0.8 (1), ia3 0.7 (2), lora's devel choice
+    # 0.6 (3); y: lora 1, full 2, ia3 3. bitfit, best on x, moves none of them.
+    assert lines[0].endswith("| mean rank (2 corpora, 3 methods) |")
+    assert lines[2:6] == ["| `full` | 1,000 | F1 0.800 | F1 0.500 | 1.5 |",
                           "| `lora` | 100 | −0.200 † | +0.200 † | 2.0 |",
-                          "| `ia3` | 10 | −0.100 † | −0.100 | 2.5 |"]
-    tau = across.kendall_tau_b([1, 3, 2], [2, 1, 3])
+                          "| `ia3` | 10 | −0.100 † | −0.100 | 2.5 |",
+                          "| `bitfit` | 5 | +0.150 † | – | – |"]
+    tau = across.kendall_tau_b([2, 4, 3], [2, 1, 3])
     assert lines[-1] == (f"Rank agreement with x (Kendall's τ-b over the methods both rank): "
                          f"y {tau:.2f}.")
     assert across.main([str(tmp_path / "one.yml"), "--reference", "z"]) == 2
