@@ -3,7 +3,8 @@
 `write_plots(output_dir, rows, curves)` writes two PNGs next to the sweep's table:
 
 - `pareto.png`: mean test F1 (error bars: std over seeds) against trainable parameters (log
-  axis) and against the run's own peak memory, one labelled point per experiment. The methods
+  axis) and against the run's own peak memory, one labelled point per experiment (report.py
+  passes a grid's devel choice alone). The methods
   worth keeping are the ones no other point beats on both axes. Memory is CUDA's
   max_memory_allocated on a GPU, and on the CPU the peak resident set above what the process
   held before the run loaded anything (torch and transformers, the same ~0.5 GB for every
@@ -54,11 +55,11 @@ def write_plots(output_dir: Path, rows: list[dict], curves: dict[str, list[list[
 
 
 def colours(names: list[str]) -> dict[str, str]:
-    """One colour per experiment, in order of first appearance (matplotlib's cycle, C0..C9,
-    then again with the next palette, so 20 experiments stay apart)."""
+    """One colour per experiment, in order of first appearance: matplotlib's cycle (C0..C9, the
+    tab10 colours), then ColorBrewer's Dark2 and black, so that 19 experiments stay apart."""
     unique = list(dict.fromkeys(names))
-    cycle = [f"C{i}" for i in range(10)] + [f"tab:{c}" for c in (
-        "blue", "orange", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan")]
+    cycle = [f"C{i}" for i in range(10)] + ["#1b9e77", "#d95f02", "#7570b3", "#e7298a",
+                                            "#66a61e", "#e6ab02", "#a6761d", "#666666", "k"]
     return {name: cycle[i % len(cycle)] for i, name in enumerate(unique)}
 
 

@@ -340,6 +340,14 @@ def collect(runs: list[sweep.Run]) -> tuple[dict, dict, list[dict]]:
     return finished, failures, lines
 
 
+def plotted(rows: list[dict], configs) -> list[dict]:
+    """The rows the figures draw: every finished experiment, a grid by its devel choice alone
+    (the table keeps every grid point; a figure of them all buries the comparison)."""
+    gridded = {name for members in grid_groups(configs).values() for name in members}
+    return [r for r in rows if r["runs"] and (r["experiment"] not in gridded
+                                              or r["selected_on_devel"])]
+
+
 def write_summary(configs, runs, settings) -> tuple[list[dict], list[Path]]:
     """Rebuild every summary file from the records: results.jsonl, summary.md/.csv, plots. The
     table's rows, and the files written."""
@@ -351,9 +359,11 @@ def write_summary(configs, runs, settings) -> tuple[list[dict], list[Path]]:
     if finished:
         from comparison import plots as plotting
 
-        curves = {name: [r["devel_f1_per_epoch"] for r in sorted(rs, key=lambda r: r["seed"])]
-                  for name, rs in finished.items()}
-        plots = plotting.write_plots(output_dir, [r for r in rows if r["runs"]], curves)
+        shown = plotted(rows, configs)
+        curves = {r["experiment"]: [run["devel_f1_per_epoch"] for run in
+                                    sorted(finished[r["experiment"]], key=lambda run: run["seed"])]
+                  for r in shown}
+        plots = plotting.write_plots(output_dir, shown, curves)
     write_atomic(output_dir / "summary.md", markdown_table(rows, plots))
     write_atomic(output_dir / "summary.csv", csv_table(rows))
     return rows, [output_dir / name for name in ("summary.md", "summary.csv", "results.jsonl")

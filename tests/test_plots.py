@@ -102,3 +102,10 @@ def test_an_experiment_has_one_colour_in_both_figures_and_its_own_test_set_is_ma
     assert lines["lora-chem"].get_markerfacecolor() == "none"
     assert lines["full"].get_markerfacecolor() != "none"
     assert lines["lora-chem"].get_label() == "lora-chem (1 seed) (own test set)"
+
+
+def test_nineteen_experiments_get_nineteen_colours():
+    from matplotlib.colors import to_hex
+
+    names = [f"e{i}" for i in range(19)]
+    assert len({to_hex(colour) for colour in plots.colours(names).values()}) == 19

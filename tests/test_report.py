@@ -85,6 +85,8 @@ def test_grid_marks_the_best_devel_combination_and_never_uses_test(tmp_path):
     rows = report.summarise(list(configs), finished, {}, settings)
     assert [r["selected_on_devel"] for r in rows] == [True, False]
     assert "lora[lr=0.001] *" in report.ascii_table(rows)
+    # The figures draw the grid by its devel choice alone.
+    assert [r["experiment"] for r in report.plotted(rows, configs)] == ["lora[lr=0.001]"]
 
 
 def test_terminal_table_stays_narrow_with_many_types():
